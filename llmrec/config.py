@@ -1,0 +1,299 @@
+"""Typed configuration groups and the one loader that fills them.
+
+Loading order, the same everywhere (CLI, scripts, tests)::
+
+    YAML file(s), merged left to right  ->  ``key.sub=value`` overrides  ->  typed validation
+
+Each group is a dataclass whose fields carry a default and a one-line comment. Unknown keys,
+wrong types and contradictions are rejected when loaded, naming the key and the file.
+Builders turn a group into plain arguments; library classes never take a whole config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the key and where it came from."""
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "ml-100k"  # ml-100k | ml-1m | recbole | amazon2018 | amazon2023 | tabular
+    path: str | None = None  # raw files (dir or file); None fetches the named asset
+    prepared_dir: str = "data/ml-100k"  # where the prepared dataset is written / read
+    k_core: int = 0  # keep users and items with at least k interactions (0 = off)
+    min_rating: float | None = None  # keep only interactions rated >= this (None = keep all)
+    split: str = "leave_one_out"  # leave_one_out | temporal
+    temporal_valid_fraction: float = 0.1  # temporal split: share of time-ordered events for valid
+    temporal_test_fraction: float = 0.1  # temporal split: share of time-ordered events for test
+    dedupe: bool = True  # drop exact duplicate rows (same user, item, time, action)
+    on_bad_row: str = "error"  # error | skip (skips are counted and reported)
+    columns: dict[str, str] = field(default_factory=dict)  # tabular: canonical field -> source column
+    catalog_path: str | None = None  # tabular: catalog file (CSV/TSV/JSONL/Parquet)
+
+
+@dataclass
+class PromptConfig:
+    template: str = "next_item"  # template name in prompts/ (next_item | interest_tags | explain)
+    prompts_dir: str | None = None  # directory of templates (None = the repository's prompts/)
+    max_history_items: int = 50  # most recent items serialized at most
+    max_history_tokens: int = 768  # token budget of the serialized history (real tokenizer)
+    include_year: bool = True  # render "Title (1995)"
+    include_categories: bool = False  # render the item's categories next to its title
+    include_rating: bool = False  # render the action and rating ("rated 4/5")
+    include_time: bool = False  # render relative time ("3 days later")
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = "smollm2-135m-instruct"  # named asset, hub id, local dir or .gguf file
+    gguf_file: str | None = None  # GGUF file name inside name_or_path (hub id or dir)
+    kind: str = "auto"  # auto | decoder | encoder
+    dtype: str = "auto"  # auto (bf16 where supported) | bf16 | fp16 | fp32
+    load_in_4bit: bool = False  # QLoRA: 4-bit NF4 weights through bitsandbytes
+    gradient_checkpointing: bool = False  # trade compute for activation memory
+    attn_implementation: str | None = "sdpa"  # sdpa | eager | flash_attention_2 | None (library default)
+    trust_remote_code: bool = False  # never on unless the user asks
+    random_init_config: dict[str, Any] | None = None  # build a random model of this config (tests, throughput)
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = True  # False trains nothing but the heads (or everything, see train.full_finetune)
+    r: int = 16  # LoRA rank
+    alpha: int = 32  # LoRA scaling numerator (scale = alpha / r)
+    dropout: float = 0.05  # dropout on the LoRA input
+    target_modules: str | list[str] = "preset"  # preset (per architecture) | all-linear | explicit names
+    modules_to_save: list[str] = field(default_factory=list)  # fully trained extra modules (e.g. lm_head)
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = "runs/smollm2-lora"  # run directory
+    format: str = "item_span"  # item_span (whole history, loss on item spans) | prompt_completion
+    epochs: int = 1  # passes over the training examples
+    max_steps: int = -1  # stop after this many optimizer steps (-1 = epochs decide)
+    batch_size: int = 8  # examples per device per micro-batch
+    grad_accum: int = 1  # micro-batches per optimizer step
+    learning_rate: float = 2e-4  # peak learning rate
+    warmup_ratio: float = 0.05  # share of steps with linear warmup
+    weight_decay: float = 0.0  # AdamW weight decay
+    max_grad_norm: float = 1.0  # gradient clipping (0 = off)
+    max_seq_len: int = 1024  # longest training sequence in tokens
+    packing: bool = True  # pack several sequences per row with correct boundaries
+    mixed_precision: str = "auto"  # auto | no | bf16 | fp16 (Accelerate)
+    save_every_steps: int = 0  # checkpoint every N steps (0 = end of epoch only)
+    eval_every_epoch: bool = True  # validation ranking after each epoch
+    eval_max_users: int | None = None  # validate on a seeded subset of users (None = all)
+    early_stopping_patience: int = 2  # epochs without NDCG@10 gain before stopping (0 = off)
+    log_every_steps: int = 10  # loss / tokens-per-second logging interval
+    num_workers: int = 0  # dataloader workers
+    seed: int = 42  # seeds data order, init and dropout
+
+
+@dataclass
+class GenerationConfig:
+    num_beams: int = 20  # beams of the trie-constrained search (>= top_k)
+    top_k: int = 10  # distinct items returned
+    exclude_seen: bool = True  # history items can never be generated
+    batch_size: int = 8  # users per generation batch
+    max_new_tokens: int = 64  # free-text generation length (explanations)
+
+
+@dataclass
+class GroundingConfig:
+    method: str = "trie"  # trie | dense | bm25 | fuzzy | exact
+    fallback: list[str] = field(default_factory=lambda: ["exact", "fuzzy", "bm25"])  # free-text chain
+    dense_model: str = "all-minilm-l6-v2"  # encoder for the dense grounder
+    min_score: float = 0.0  # below this a match is reported as "no match"
+
+
+@dataclass
+class EvalConfig:
+    split: str = "test"  # valid | test
+    ks: list[int] = field(default_factory=lambda: [1, 5, 10, 20])  # cut-offs
+    exclude_history: bool = True  # items in the input history are never ranked
+    sampled_negatives: int = 0  # 0 = full-catalog ranking; N > 0 = N sampled negatives (seeded)
+    batch_size: int = 256  # users scored at once
+    max_users: int | None = None  # evaluate a seeded subset (None = all users)
+    seed: int = 0  # seeds the user subset and the sampled negatives
+
+
+@dataclass
+class RunConfig:
+    """The full configuration of one fine-tuning / inference run."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    grounding: GroundingConfig = field(default_factory=GroundingConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def validate(self) -> None:
+        """Reject contradictions that no single field can see."""
+        checks = [
+            (self.data.split in ("leave_one_out", "temporal"), "data.split must be leave_one_out or temporal"),
+            (self.data.on_bad_row in ("error", "skip"), "data.on_bad_row must be error or skip"),
+            (self.train.format in ("item_span", "prompt_completion"), "train.format must be item_span or prompt_completion"),
+            (self.model.kind in ("auto", "decoder", "encoder"), "model.kind must be auto, decoder or encoder"),
+            (self.model.dtype in ("auto", "bf16", "fp16", "fp32"), "model.dtype must be auto, bf16, fp16 or fp32"),
+            (not self.model.load_in_4bit or self.lora.enabled, "model.load_in_4bit (QLoRA) needs lora.enabled: true"),
+            (self.generation.num_beams >= self.generation.top_k, "generation.num_beams must be >= generation.top_k"),
+            (self.eval.split in ("valid", "test"), "eval.split must be valid or test"),
+            (all(k > 0 for k in self.eval.ks), "eval.ks must be positive"),
+            (self.train.batch_size > 0 and self.train.grad_accum > 0, "train.batch_size and train.grad_accum must be > 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read one YAML mapping; errors name the file (and line, for syntax errors)."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: invalid YAML: {err}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def deep_merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """Merge ``update`` into a copy of ``base``; nested mappings merge, everything else replaces."""
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def apply_override(tree: dict[str, Any], override: str) -> dict[str, Any]:
+    """Apply one ``a.b.c=value`` override; the value is parsed as YAML (``1e-4``, ``[1,2]``, ``null``)."""
+    if "=" not in override:
+        raise ConfigError(f"override {override!r} must look like key.sub=value")
+    key, raw = override.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"override {override!r} has an empty key part")
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    nested: Any = value
+    for part in reversed(parts):
+        nested = {part: nested}
+    return deep_merge(tree, nested)
+
+
+def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "config") -> T:
+    """Build dataclass ``cls`` from a mapping, checking keys and value types recursively."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(fields)}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {name: _coerce(hints[name], value, f"{where}.{name}") for name, value in data.items()}
+    return cls(**kwargs)
+
+
+def _coerce(hint: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value, where)  # type: ignore[arg-type]
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(option, value, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where}: {value!r} does not fit {hint}")
+    if hint is Any:
+        return value
+    if origin in (list, Sequence):
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (inner,) = typing.get_args(hint) or (Any,)
+        return [_coerce(inner, v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str):
+        # YAML 1.1 reads "1e-4" (no dot) as a string; accept it as the number it plainly is.
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if hint is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if hint is bool and isinstance(value, bool):
+        return value
+    if hint is str and isinstance(value, str):
+        return value
+    if hint in (int, float, bool, str):
+        raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
+    return value
+
+
+def load_config(
+    paths: Sequence[str | Path] = (),
+    overrides: Sequence[str] = (),
+    schema: type[T] = RunConfig,  # type: ignore[assignment]
+) -> T:
+    """Load YAML file(s), apply ``key=value`` overrides, build and validate ``schema``."""
+    tree: dict[str, Any] = {}
+    sources = []
+    for path in paths:
+        tree = deep_merge(tree, load_yaml(path))
+        sources.append(str(path))
+    for override in overrides:
+        tree = apply_override(tree, override)
+    where = " + ".join(sources) or "defaults"
+    if overrides:
+        where += " + overrides"
+    config = from_dict(schema, tree, where)
+    validate = getattr(config, "validate", None)
+    if callable(validate):
+        try:
+            validate()
+        except ConfigError as err:
+            raise ConfigError(f"{where}: {err}") from None
+    return config
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """Plain-dict form of a config dataclass (what a run directory stores as config.yaml)."""
+    return dataclasses.asdict(config)
+
+
+def dump_yaml(config: Any) -> str:
+    return yaml.safe_dump(to_dict(config), sort_keys=False)
