@@ -1,0 +1,65 @@
+"""The config loader: YAML files, overrides, type checks and contradictions."""
+
+from __future__ import annotations
+
+import pytest
+
+from llmrec.config import ConfigError, RunConfig, dump_yaml, load_config
+
+
+def test_defaults_validate() -> None:
+    config = load_config()
+    assert isinstance(config, RunConfig)
+    assert config.eval.ks == [1, 5, 10, 20]
+
+
+def test_files_merge_then_overrides_apply(tmp_path) -> None:
+    base = tmp_path / "base.yaml"
+    base.write_text("train:\n  learning_rate: 0.001\n  epochs: 3\nlora:\n  r: 8\n")
+    extra = tmp_path / "extra.yaml"
+    extra.write_text("train:\n  epochs: 5\n")
+    config = load_config([base, extra], ["lora.r=4", "train.learning_rate=1e-4", "lora.target_modules=[q_proj]"])
+    assert config.train.epochs == 5  # later file wins
+    assert config.train.learning_rate == pytest.approx(1e-4)  # override wins, "1e-4" read as a number
+    assert config.lora.r == 4
+    assert config.lora.target_modules == ["q_proj"]
+
+
+def test_unknown_key_names_the_file(tmp_path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  lr: 0.1\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml.*train.*unknown key.*'lr'"):
+        load_config([path])
+
+
+def test_wrong_type_is_rejected() -> None:
+    with pytest.raises(ConfigError, match=r"train\.epochs: expected int"):
+        load_config([], ["train.epochs=many"])
+    with pytest.raises(ConfigError, match=r"lora\.enabled: expected bool"):
+        load_config([], ["lora.enabled=3"])
+
+
+def test_contradictions_are_rejected() -> None:
+    with pytest.raises(ConfigError, match="num_beams must be >= generation.top_k"):
+        load_config([], ["generation.num_beams=2", "generation.top_k=10"])
+    with pytest.raises(ConfigError, match="QLoRA"):
+        load_config([], ["model.load_in_4bit=true", "lora.enabled=false"])
+
+
+def test_invalid_yaml_and_missing_file(tmp_path) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text("train: [unclosed\n")
+    with pytest.raises(ConfigError, match="broken.yaml: invalid YAML"):
+        load_config([path])
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config([tmp_path / "nope.yaml"])
+    with pytest.raises(ConfigError, match="must look like key.sub=value"):
+        load_config([], ["train.epochs"])
+
+
+def test_dump_round_trips(tmp_path) -> None:
+    config = load_config([], ["train.epochs=7", "data.min_rating=4"])
+    path = tmp_path / "resolved.yaml"
+    path.write_text(dump_yaml(config))
+    again = load_config([path])
+    assert again == config
