@@ -42,6 +42,9 @@ class DataConfig:
     on_bad_row: str = "error"  # error | skip (skips are counted and reported)
     columns: dict[str, str] = field(default_factory=dict)  # tabular: canonical field -> source column
     catalog_path: str | None = None  # tabular: catalog file (CSV/TSV/JSONL/Parquet)
+    short_users: str = "train"  # leave-one-out: users with < 3 events: train (training only) | drop
+    timestamp_unit: str = "s"  # tabular: unit of numeric timestamps (s | ms)
+    list_sep: str = "|"  # tabular: separator of list values (categories) in CSV/TSV cells
 
 
 @dataclass
@@ -54,6 +57,8 @@ class PromptConfig:
     include_categories: bool = False  # render the item's categories next to its title
     include_rating: bool = False  # render the action and rating ("rated 4/5")
     include_time: bool = False  # render relative time ("3 days later")
+    chat_format: str = "plain"  # plain | chat (tokenizer chat template, error if none) | auto (chat when it has one)
+    max_examples_per_user: int = 0  # training examples per user, most recent first (0 = all): targets or windows
 
 
 @dataclass
@@ -67,6 +72,7 @@ class ModelConfig:
     attn_implementation: str | None = "sdpa"  # sdpa | eager | flash_attention_2 | None (library default)
     trust_remote_code: bool = False  # never on unless the user asks
     random_init_config: dict[str, Any] | None = None  # build a random model of this config (tests, throughput)
+    tokenizer: str | None = None  # tokenizer source if not name_or_path (asset, dir, hub id or .gguf)
 
 
 @dataclass
@@ -89,12 +95,14 @@ class TrainConfig:
     grad_accum: int = 1  # micro-batches per optimizer step
     learning_rate: float = 2e-4  # peak learning rate
     warmup_ratio: float = 0.05  # share of steps with linear warmup
+    lr_scheduler: str = "cosine"  # decay after warmup: cosine | linear | constant
     weight_decay: float = 0.0  # AdamW weight decay
     max_grad_norm: float = 1.0  # gradient clipping (0 = off)
     max_seq_len: int = 1024  # longest training sequence in tokens
     packing: bool = True  # pack several sequences per row with correct boundaries
     mixed_precision: str = "auto"  # auto | no | bf16 | fp16 (Accelerate)
     save_every_steps: int = 0  # checkpoint every N steps (0 = end of epoch only)
+    keep_checkpoints: int = 2  # newest checkpoints kept in RUN/checkpoints (0 = keep all)
     eval_every_epoch: bool = True  # validation ranking after each epoch
     eval_max_users: int | None = None  # validate on a seeded subset of users (None = all)
     early_stopping_patience: int = 2  # epochs without NDCG@10 gain before stopping (0 = off)
@@ -149,7 +157,12 @@ class RunConfig:
         checks = [
             (self.data.split in ("leave_one_out", "temporal"), "data.split must be leave_one_out or temporal"),
             (self.data.on_bad_row in ("error", "skip"), "data.on_bad_row must be error or skip"),
+            (self.data.short_users in ("train", "drop"), "data.short_users must be train or drop"),
+            (self.data.timestamp_unit in ("s", "ms"), "data.timestamp_unit must be s or ms"),
+            (self.data.k_core >= 0, "data.k_core must be >= 0"),
             (self.train.format in ("item_span", "prompt_completion"), "train.format must be item_span or prompt_completion"),
+            (self.prompt.chat_format in ("plain", "chat", "auto"), "prompt.chat_format must be plain, chat or auto"),
+            (self.prompt.max_history_items >= 0 and self.prompt.max_history_tokens >= 0, "prompt.max_history_items/tokens must be >= 0"),
             (self.model.kind in ("auto", "decoder", "encoder"), "model.kind must be auto, decoder or encoder"),
             (self.model.dtype in ("auto", "bf16", "fp16", "fp32"), "model.dtype must be auto, bf16, fp16 or fp32"),
             (not self.model.load_in_4bit or self.lora.enabled, "model.load_in_4bit (QLoRA) needs lora.enabled: true"),
@@ -157,6 +170,8 @@ class RunConfig:
             (self.eval.split in ("valid", "test"), "eval.split must be valid or test"),
             (all(k > 0 for k in self.eval.ks), "eval.ks must be positive"),
             (self.train.batch_size > 0 and self.train.grad_accum > 0, "train.batch_size and train.grad_accum must be > 0"),
+            (self.train.lr_scheduler in ("cosine", "linear", "constant"), "train.lr_scheduler must be cosine, linear or constant"),
+            (self.train.mixed_precision in ("auto", "no", "bf16", "fp16"), "train.mixed_precision must be auto, no, bf16 or fp16"),
         ]
         for ok, message in checks:
             if not ok:
