@@ -1,0 +1,162 @@
+"""Training examples: train split only (planted leak check), label layout, windows, cache."""
+
+from __future__ import annotations
+
+import re
+
+import pandas as pd
+import pytest
+
+from llmrec.config import PromptConfig
+from llmrec.data.dataset import PreparedDataset, save_prepared
+from llmrec.data.schema import Catalog, Item
+from llmrec.prompts import PromptError
+from llmrec.serialize import completion_text, item_text
+from llmrec.training.examples import IGNORE_INDEX, build_examples
+from tests.tiny import FIXTURE_TITLES
+
+LEAK_TITLES = ["Leaky Valid", "Leaky Test"]  # only ever valid/test targets: must never reach training text
+
+
+def make_dataset(root, train_lengths=(12, 5, 3, 9)) -> PreparedDataset:
+    """Users with leave-one-out splits; every valid/test event is a planted item no train row uses."""
+    items = []
+    for i, text in enumerate(FIXTURE_TITLES):
+        match = re.fullmatch(r"(.*) \((\d{4})\)", text)
+        assert match
+        items.append(Item(str(i), match.group(1), ("Drama",), {"year": match.group(2)}))
+    base = len(items)
+    items += [Item(f"leak{j}", title, ("Drama",), {"year": "2001"}) for j, title in enumerate(LEAK_TITLES)]
+    catalog = Catalog(items)
+    rows = []
+    for u, length in enumerate(train_lengths):
+        picks = [(u * 7 + 3 * k) % base for k in range(length)]
+        assert len(set(picks)) == length  # no repeats within a user
+        events = [(p, "train") for p in picks] + [(base, "valid"), (base + 1, "test")]
+        for k, (index, split) in enumerate(events):
+            rows.append({"user_id": f"u{u}", "item_id": catalog[index].item_id, "timestamp": 1000 + 3600 * k,
+                         "action": "rate", "rating": 4.0, "split": split, "item_index": index})
+    save_prepared(root, pd.DataFrame(rows), catalog, {"source": "test"})
+    return PreparedDataset.load(root)
+
+
+def labeled_spans(labels: list[int]) -> list[tuple[int, int]]:
+    spans, start = [], None
+    for i, label in enumerate([*labels, IGNORE_INDEX]):
+        if label != IGNORE_INDEX and start is None:
+            start = i
+        elif label == IGNORE_INDEX and start is not None:
+            spans.append((start, i))
+            start = None
+    return spans
+
+
+@pytest.mark.parametrize("fmt", ["prompt_completion", "item_span"])
+def test_planted_validation_and_test_items_never_reach_training(tmp_path, tiny_tokenizer, fmt):
+    data = make_dataset(tmp_path / "data")
+    built = build_examples(data, tiny_tokenizer, PromptConfig(), fmt, max_seq_len=256, cache_dir=None)
+    assert len(built) > 0
+    for row in built:
+        text = tiny_tokenizer.decode(row["input_ids"])
+        assert "Leaky" not in text
+        assert all(label in (IGNORE_INDEX, token) for label, token in zip(row["labels"], row["input_ids"], strict=True))
+
+
+def test_sequences_other_than_the_train_rows_are_refused(tmp_path, tiny_tokenizer):
+    data = make_dataset(tmp_path / "data")
+
+    class Leaky(PreparedDataset):
+        def sequences(self, splits=("train",)):
+            return super().sequences(("train", "valid"))
+
+    leaky = Leaky(data.root, data.catalog, data.interactions, data.manifest)
+    with pytest.raises(RuntimeError, match="train rows"):
+        build_examples(leaky, tiny_tokenizer, PromptConfig(), "prompt_completion", max_seq_len=256)
+
+
+def test_prompt_completion_layout(tmp_path, tiny_tokenizer):
+    data = make_dataset(tmp_path / "data")
+    built = build_examples(data, tiny_tokenizer, PromptConfig(), "prompt_completion", max_seq_len=256)
+    assert len(built) == sum(n - 1 for n in (12, 5, 3, 9))
+    assert set(built.column_names) == {"input_ids", "labels", "user_id", "num_targets"}
+    train = {s.user_id: s for s in data.sequences(("train",))}
+    for row in built:
+        (span,) = labeled_spans(row["labels"])
+        assert span[1] == len(row["input_ids"])  # loss only on the completion at the end
+        completion = tiny_tokenizer.decode(row["input_ids"][span[0]:span[1]])
+        prompt = tiny_tokenizer.decode(row["input_ids"][:span[0]])
+        assert prompt.endswith("\n") and row["num_targets"] == 1
+        history = prompt.split("Watched movies:\n", 1)[1].splitlines()
+        sequence = train[row["user_id"]]
+        t = len(history)  # default budget keeps every earlier item here
+        assert history == [item_text(data.catalog[i]) for i in sequence.items[:t]]
+        assert completion == completion_text(data.catalog[sequence.items[t]])
+
+
+def test_prompt_completion_last_n_targets_and_small_budget(tmp_path, tiny_tokenizer):
+    data = make_dataset(tmp_path / "data")
+    cfg = PromptConfig(max_examples_per_user=2, max_history_tokens=20)
+    built = build_examples(data, tiny_tokenizer, cfg, "prompt_completion", max_seq_len=256)
+    assert len(built) == 2 * 4
+    for row in built:
+        prompt = tiny_tokenizer.decode(row["input_ids"][:labeled_spans(row["labels"])[0][0]])
+        history = "".join(line + "\n" for line in prompt.split("Watched movies:\n", 1)[1].splitlines())
+        assert len(tiny_tokenizer(history)["input_ids"]) <= 20
+
+
+def test_item_span_windows_label_every_event_but_the_first_once(tmp_path, tiny_tokenizer):
+    data = make_dataset(tmp_path / "data")
+    cfg = PromptConfig(max_history_items=4)
+    built = build_examples(data, tiny_tokenizer, cfg, "item_span", max_seq_len=256)
+    train = {s.user_id: s for s in data.sequences(("train",))}
+    labeled: dict[str, list[str]] = {u: [] for u in train}
+    for row in built:
+        ids, labels = row["input_ids"], row["labels"]
+        (span,) = labeled_spans(labels)  # the lines after the window's first, contiguous up to the end
+        assert span[1] == len(ids)
+        lines = tiny_tokenizer.decode(ids).split("Watched movies:\n", 1)[1].splitlines()
+        assert 2 <= len(lines) <= 4  # at most max_history_items items per window
+        targets = tiny_tokenizer.decode(ids[span[0]:]).splitlines()
+        assert targets == lines[1:] and row["num_targets"] == len(targets)
+        for n, title in enumerate(targets):  # no target appears in its own context
+            assert title not in lines[: n + 1] and title not in tiny_tokenizer.decode(ids[: span[0]])
+        labeled[row["user_id"]].extend(targets)
+    for user, sequence in train.items():
+        expected = [item_text(data.catalog[i]) for i in sequence.items[1:]]
+        assert sorted(labeled[user]) == sorted(expected)  # each event but the first exactly once
+
+
+def test_cache_is_reused_and_keyed_by_settings(tmp_path, tiny_tokenizer):
+    data = make_dataset(tmp_path / "data")
+    cache = tmp_path / "cache"
+    first = build_examples(data, tiny_tokenizer, PromptConfig(), "item_span", 256, cache)
+    entries = sorted(p.name for p in cache.iterdir())
+    assert len(entries) == 1 and not entries[0].startswith(".")
+    stamp = (cache / entries[0] / "dataset_info.json").stat().st_mtime_ns
+    again = build_examples(data, tiny_tokenizer, PromptConfig(), "item_span", 256, cache)
+    assert (cache / entries[0] / "dataset_info.json").stat().st_mtime_ns == stamp
+    assert again.to_dict() == first.to_dict()
+    build_examples(data, tiny_tokenizer, PromptConfig(include_time=True), "item_span", 256, cache)
+    build_examples(data, tiny_tokenizer, PromptConfig(), "prompt_completion", 256, cache)
+    build_examples(data, tiny_tokenizer, PromptConfig(), "item_span", 128, cache)
+    assert len(list(cache.iterdir())) == 4
+
+
+def test_bad_inputs_fail_clearly(tmp_path, tiny_tokenizer):
+    data = make_dataset(tmp_path / "data")
+    with pytest.raises(ValueError, match="fmt must be one of"):
+        build_examples(data, tiny_tokenizer, PromptConfig(), "whole", 256)
+    with pytest.raises(PromptError, match="max_seq_len=8 leaves no room"):
+        build_examples(data, tiny_tokenizer, PromptConfig(), "item_span", 8)
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "glued.jinja").write_text(
+        # the prefix ends in a digit and every line starts with digits: BPE merges across the boundary
+        '{%- macro prefix() -%}Watched 1{% endmacro -%}'
+        '{%- macro item_line(item) -%}{{ item.year[1:] }} {{ item.title }}{{ "\\n" }}{%- endmacro -%}'
+        '{%- macro completion(item) -%}{{ item.year[1:] }} {{ item.title }}{{ "\\n" }}{%- endmacro -%}'
+        '{{- prefix() -}}{%- for item in history -%}{{ item_line(item) }}{%- endfor -%}',
+        encoding="utf-8",
+    )
+    glued = PromptConfig(template="glued", prompts_dir=str(tmp_path / "p"))
+    with pytest.raises(PromptError, match="piece by piece differs"):
+        build_examples(data, tiny_tokenizer, glued, "item_span", 256)
