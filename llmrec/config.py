@@ -109,6 +109,9 @@ class TrainConfig:
     log_every_steps: int = 10  # loss / tokens-per-second logging interval
     num_workers: int = 0  # dataloader workers
     seed: int = 42  # seeds data order, init and dropout
+    logits_only_on_labels: bool = True  # project onto the vocabulary only where a label needs it (llmrec.training.loss)
+    threads: int | None = None  # CPU intra-op threads (None = one per available core)
+    packed_attention: str = "varlen"  # packed rows: varlen (per-example causal kernel, no T x T mask) | mask (4D block mask)
 
 
 @dataclass
