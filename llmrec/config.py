@@ -77,7 +77,7 @@ class ModelConfig:
 
 @dataclass
 class LoraConfig:
-    enabled: bool = True  # False trains nothing but the heads (or everything, see train.full_finetune)
+    enabled: bool = True  # False = full fine-tuning of every weight (no adapter)
     r: int = 16  # LoRA rank
     alpha: int = 32  # LoRA scaling numerator (scale = alpha / r)
     dropout: float = 0.05  # dropout on the LoRA input

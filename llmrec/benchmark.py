@@ -1,0 +1,226 @@
+"""Train every listed model, evaluate all of them on the same split, write one report.
+
+Models come from a registry of short names. An entry is a function::
+
+    build_and_train(dataset: PreparedDataset, params: dict, seed: int) -> CatalogScorer | TopKRanker
+
+that trains on ``dataset`` (train split; the valid cases for early stopping) and returns a model
+the evaluator can rank with. Entries are registered lazily as ``"module:function"`` strings in
+:data:`MODEL_REGISTRY` (so the benchmark imports only what it runs) or at run time with
+:func:`register_model`.
+
+Launch: ``llmrec benchmark --config configs/ml100k/benchmark.yaml [--out DIR] [--seeds 0,1,2]``
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import platform
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from llmrec.config import ConfigError, DataConfig, EvalConfig, to_dict
+from llmrec.data.dataset import PreparedDataset
+from llmrec.evaluation.evaluate import EvalResult, evaluate, write_ranks
+from llmrec.evaluation.report import plot_results, results_markdown
+from llmrec.io import atomic_dir, write_json
+
+log = logging.getLogger(__name__)
+
+Builder = Callable[[PreparedDataset, dict[str, Any], int], Any]
+
+# Short name -> "module:function" (imported on first use) or the function itself.
+MODEL_REGISTRY: dict[str, str | Builder] = {
+    "pop": "llmrec.baselines.pop:build_and_train",
+    "gru4rec": "llmrec.baselines.gru4rec:build_and_train",
+    "sasrec": "llmrec.baselines.sasrec:build_and_train",
+    "llm": "llmrec.llm_benchmark:build_and_train",  # fine-tuned decoder (llmrec.llm_benchmark)
+    "llm+pop": "llmrec.llm_benchmark:build_hybrid",  # its beam list + a popularity prior (separate row)
+}
+
+@dataclass
+class BenchmarkModel:
+    name: str = "pop"  # registry key (pop | gru4rec | sasrec | entries added by register_model)
+    label: str | None = None  # name in the report (default: name); must be unique
+    params: dict[str, Any] = field(default_factory=dict)  # passed to the builder unchanged
+    seeds: list[int] | None = None  # seeds of this model (None = the benchmark's seeds)
+
+
+@dataclass
+class BenchmarkConfig:
+    """What ``llmrec benchmark`` trains and evaluates."""
+
+    data: DataConfig = field(default_factory=DataConfig)  # prepared_dir is read (prepared when missing)
+    eval: EvalConfig = field(default_factory=EvalConfig)  # the one evaluation every model goes through
+    models: list[BenchmarkModel] = field(default_factory=list)  # models, in report order
+    seeds: list[int] = field(default_factory=lambda: [0])  # default seeds of every model
+    out_dir: str = "reports/benchmark-ml100k"  # report directory (replaced atomically)
+    num_threads: int = 2  # torch CPU threads (0 = torch default)
+    save_ranks: bool = True  # write per-user ranks of every run under ranks/
+
+    def validate(self) -> None:
+        if not self.models:
+            raise ConfigError("models: list at least one model")
+        labels = [m.label or m.name for m in self.models]
+        if len(set(labels)) != len(labels):
+            raise ConfigError(f"models: labels must be unique, got {labels}")
+        unknown = [m.name for m in self.models if m.name not in MODEL_REGISTRY]
+        if unknown:
+            raise ConfigError(f"models: unknown model(s) {unknown}; known: {sorted(MODEL_REGISTRY)}")
+        if not self.seeds:
+            raise ConfigError("seeds: list at least one seed")
+        if self.eval.split not in ("valid", "test") or any(k <= 0 for k in self.eval.ks):
+            raise ConfigError("eval.split must be valid or test and eval.ks positive")
+
+
+def register_model(name: str, builder: str | Builder) -> None:
+    """Add (or replace) a registry entry: a builder function or its ``"module:function"`` path."""
+    MODEL_REGISTRY[name] = builder
+
+
+def get_builder(name: str) -> Builder:
+    """The builder registered as ``name`` (imported on first use)."""
+    if name not in MODEL_REGISTRY:
+        raise KeyError(f"unknown model {name!r}; known: {sorted(MODEL_REGISTRY)}")
+    entry = MODEL_REGISTRY[name]
+    if isinstance(entry, str):
+        module_name, _, function = entry.partition(":")
+        entry = getattr(importlib.import_module(module_name), function)
+        MODEL_REGISTRY[name] = entry
+    return entry
+
+
+def load_or_prepare(data: DataConfig) -> PreparedDataset:
+    """Load ``data.prepared_dir``; prepare it first (``llmrec.data.prepare``) when it is missing."""
+    root = Path(data.prepared_dir)
+    if not (root / "manifest.json").is_file():
+        from llmrec.data.prepare import prepare_dataset
+
+        log.info("no prepared dataset at %s; preparing %s", root, data.dataset)
+        return prepare_dataset(data, root)
+    return PreparedDataset.load(root)
+
+
+def hardware_info(num_threads: int) -> dict[str, Any]:
+    """CPU model, thread counts and library versions (one line of the report)."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            names = [line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "requested_threads": num_threads,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def run_one(
+    dataset: PreparedDataset, spec: BenchmarkModel, seed: int, eval_cfg: EvalConfig
+) -> tuple[dict[str, Any], EvalResult]:
+    """Train one model with one seed and evaluate it; returns its report row and result."""
+    label = spec.label or spec.name
+    started = time.perf_counter()
+    model = get_builder(spec.name)(dataset, dict(spec.params), seed)
+    train_time = time.perf_counter() - started
+    cases = dataset.eval_cases(eval_cfg.split)
+    if eval_cfg.max_users is not None and eval_cfg.max_users < len(cases):
+        picked = np.sort(np.random.default_rng(eval_cfg.seed).choice(len(cases), eval_cfg.max_users, replace=False))
+        cases = [cases[i] for i in picked]
+    started = time.perf_counter()
+    result = evaluate(
+        model,
+        cases,
+        len(dataset.catalog),
+        ks=eval_cfg.ks,
+        exclude_history=eval_cfg.exclude_history,
+        batch_size=eval_cfg.batch_size,
+        sampled_negatives=eval_cfg.sampled_negatives,
+        seed=eval_cfg.seed,
+    )
+    inference_time = time.perf_counter() - started
+    row = {
+        "model": spec.name,
+        "label": label,
+        "seed": seed,
+        "metrics": result.metrics,
+        "warnings": result.warnings,
+        "train_time_s": round(train_time, 2),
+        "inference_time_s": round(inference_time, 2),
+        "params": spec.params,
+        "best_valid": getattr(model, "best_valid", None),
+    }
+    log.info("%s seed %d: ndcg@10 %.4f hr@10 %.4f (train %.0fs)", label, seed, result.metrics.get("ndcg@10", 0.0),
+             result.metrics.get("hr@10", 0.0), train_time)
+    return row, result
+
+
+def summarize(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and sample standard deviation of every metric and time, per model label."""
+    summary = []
+    for label in dict.fromkeys(run["label"] for run in runs):
+        group = [run for run in runs if run["label"] == label]
+        values: dict[str, list[float]] = {}
+        for run in group:
+            for key, value in {**run["metrics"], "train_time_s": run["train_time_s"],
+                               "inference_time_s": run["inference_time_s"]}.items():
+                values.setdefault(key, []).append(float(value))
+        stats = {
+            key: {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0}
+            for key, v in values.items()
+        }
+        summary.append({"label": label, "seeds": [run["seed"] for run in group], "stats": stats})
+    return summary
+
+
+def run_benchmark(config: BenchmarkConfig, out_dir: str | Path | None = None, command: str = "") -> dict[str, Any]:
+    """Train and evaluate every model of ``config``; write the report directory atomically.
+
+    Returns:
+        The ``results.json`` content.
+    """
+    import torch
+
+    if config.num_threads > 0:
+        torch.set_num_threads(config.num_threads)
+    out = Path(out_dir or config.out_dir)
+    dataset = load_or_prepare(config.data)
+    started = time.perf_counter()
+    runs, results = [], []
+    for spec in config.models:
+        for seed in spec.seeds or config.seeds:
+            row, result = run_one(dataset, spec, seed, config.eval)
+            runs.append(row)
+            results.append(result)
+    report = {
+        "dataset": {"dir": str(dataset.root), "fingerprint": dataset.fingerprint, "counts": dataset.manifest.get("counts")},
+        "eval": to_dict(config.eval),
+        "hardware": hardware_info(config.num_threads),
+        "command": command,
+        "total_time_s": round(time.perf_counter() - started, 1),
+        "runs": runs,
+        "summary": summarize(runs),
+    }
+    with atomic_dir(out, overwrite=True) as tmp:
+        write_json(tmp / "results.json", report)
+        (tmp / "results.md").write_text(results_markdown(report), encoding="utf-8")
+        plot_results(report, tmp / "results.png")
+        if config.save_ranks:
+            for row, result in zip(runs, results, strict=True):
+                write_ranks(result, tmp / "ranks" / f"{row['label']}-seed{row['seed']}.parquet")
+    return report

@@ -1,0 +1,111 @@
+"""``llmrec benchmark`` and ``llmrec evaluate``: rank the held-out targets, report the metrics.
+
+Examples::
+
+    llmrec benchmark --config configs/ml100k/benchmark.yaml --out reports/ml100k --seeds 0,1,2
+    llmrec evaluate --model sasrec --dataset-dir data/ml-100k --out reports/sasrec-test
+    llmrec evaluate --run runs/smollm2-lora --dataset-dir data/ml-100k --split test --out reports/llm-test
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+
+
+def _parse_seeds(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"--seeds must be comma-separated integers, got {text!r}") from None
+    if not seeds:
+        raise typer.BadParameter("--seeds is empty")
+    return seeds
+
+
+def benchmark_command(
+    config: Path = typer.Option(..., "--config", "-c", help="benchmark YAML (data, eval, models, seeds)"),
+    out: Path | None = typer.Option(None, "--out", "-o", help="report directory (default: out_dir of the config)"),
+    seeds: str | None = typer.Option(None, "--seeds", help="comma-separated seeds for every model without its own"),
+    overrides: list[str] | None = typer.Argument(None, help="key=value overrides, e.g. eval.split=valid"),
+) -> None:
+    """Train every listed model, evaluate all on the same split, write results.json/.md/.png."""
+    from llmrec.benchmark import BenchmarkConfig, run_benchmark
+    from llmrec.config import ConfigError, load_config
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    extra = [f"seeds=[{','.join(map(str, parsed))}]"] if (parsed := _parse_seeds(seeds)) else []
+    try:
+        cfg = load_config([config], [*(overrides or []), *extra], schema=BenchmarkConfig)
+    except ConfigError as err:
+        raise typer.BadParameter(str(err)) from None
+    command = shlex.join(["llmrec", *sys.argv[1:]])
+    report = run_benchmark(cfg, out, command=command)
+    target = out or Path(cfg.out_dir)
+    typer.echo((target / "results.md").read_text(encoding="utf-8"))
+    typer.echo(f"report written to {target} in {report['total_time_s']:.0f} s")
+
+
+def evaluate_command(
+    dataset_dir: Path = typer.Option(Path("data/ml-100k"), "--dataset-dir", help="prepared dataset directory"),
+    out: Path = typer.Option(..., "--out", "-o", help="directory for metrics.json and ranks.parquet"),
+    model: str | None = typer.Option(None, "--model", "-m", help="registry model to train and evaluate (pop | gru4rec | sasrec ...)"),
+    run: Path | None = typer.Option(None, "--run", help="a fine-tuned run directory (loaded with Recommender.load)"),
+    params: Path | None = typer.Option(None, "--params", help="YAML mapping of the registry model's parameters"),
+    split: str = typer.Option("test", "--split", help="valid | test"),
+    seed: int = typer.Option(0, "--seed", help="training seed of a registry model"),
+    batch_size: int = typer.Option(256, "--batch-size", help="users per scoring call"),
+    sampled_negatives: int = typer.Option(0, "--sampled-negatives", help="also rank against N seeded negatives (sampled_* metrics)"),
+) -> None:
+    """Evaluate one model (a registry baseline trained here, or a run directory) with full ranking."""
+    from llmrec.config import load_yaml
+    from llmrec.data.dataset import PreparedDataset
+    from llmrec.evaluation.evaluate import evaluate, write_metrics, write_ranks
+    from llmrec.io import atomic_dir
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if (model is None) == (run is None):
+        raise typer.BadParameter("pass exactly one of --model or --run")
+    if split not in ("valid", "test"):
+        raise typer.BadParameter(f"--split must be valid or test, got {split!r}")
+    dataset = PreparedDataset.load(dataset_dir)
+    scorer = _load_model(dataset, model, run, load_yaml(params) if params else {}, seed)
+    cases = dataset.eval_cases(split)
+    result = evaluate(scorer, cases, len(dataset.catalog), batch_size=batch_size, sampled_negatives=sampled_negatives, seed=seed)
+    extra = {"dataset_dir": str(dataset_dir), "split": split, "model": model or str(run), "seed": seed,
+             "command": shlex.join(["llmrec", *sys.argv[1:]])}
+    with atomic_dir(out, overwrite=True) as tmp:
+        write_metrics(result, tmp / "metrics.json", extra)
+        write_ranks(result, tmp / "ranks.parquet")
+    for key, value in result.metrics.items():
+        typer.echo(f"{key:>16} {value:.4f}")
+    typer.echo(f"written to {out}")
+
+
+def _load_model(dataset: Any, model: str | None, run: Path | None, params: dict[str, Any], seed: int) -> Any:
+    if model is not None:
+        from llmrec.benchmark import get_builder
+
+        try:
+            builder = get_builder(model)
+        except KeyError as err:
+            raise typer.BadParameter(str(err)) from None
+        return builder(dataset, params, seed)
+    try:
+        from llmrec.recommender import Recommender  # type: ignore[import-not-found,unused-ignore]
+    except ModuleNotFoundError:
+        raise typer.BadParameter("--run needs llmrec.recommender, which this installation lacks") from None
+    assert run is not None
+    return Recommender.load(run)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("benchmark")(benchmark_command)
+    app.command("evaluate")(evaluate_command)
