@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "llmrec.commands.train",
     "llmrec.commands.evaluate",
     "llmrec.commands.recommend",
+    "llmrec.commands.tags",
     "llmrec.commands.serve",
 ]
 

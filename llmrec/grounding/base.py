@@ -95,11 +95,16 @@ def year_of(text: str) -> str | None:
     return found.group(1) if found else None
 
 
+_MOVED_ARTICLE = re.compile(r"^(.+?), (The|A|An|La|Le|Les|Il|El|Das|Der|Die)(\s*\(\d{4}\))?$", re.IGNORECASE)
+
+
 def normalize_title(text: str, strip_year: bool = True) -> str:
     """Lowercase, accents folded, punctuation removed, whitespace collapsed, trailing ``(year)`` dropped."""
     text = text.strip()
     if strip_year:
         text = _YEAR.sub("", text)
+    # MovieLens/IMDb list form moves the article to the end: "Godfather, The (1972)" -> "The Godfather (1972)".
+    text = _MOVED_ARTICLE.sub(r"\2 \1\3", text)
     text = unicodedata.normalize("NFKD", text)
     text = "".join(ch for ch in text if not unicodedata.combining(ch))
     text = _NON_WORD.sub(" ", text.lower())
