@@ -32,6 +32,8 @@ from llmrec.io import write_json
 from llmrec.modeling.dtype import resolve_mixed_precision
 from llmrec.training import checkpoint as ckpt
 from llmrec.training import run_dir as rd
+from llmrec.training.loss import select_loss
+from llmrec.training.speed import configure_threads
 
 Batch = dict[str, torch.Tensor]
 LossFn = Callable[[torch.nn.Module, Batch], torch.Tensor]
@@ -142,6 +144,7 @@ def build_data(run_cfg: RunConfig, tokenizer: Any, model_dtype: torch.dtype = to
     from llmrec.prompts import load_template
     from llmrec.training.collate import pack_examples, packed_collate, pad_collate
     from llmrec.training.examples import ExampleBuilder, build_examples
+    from llmrec.training.varlen import packed_mask_mode
 
     train_cfg, prompt_cfg = run_cfg.train, run_cfg.prompt
     dataset = PreparedDataset.load(run_cfg.data.prepared_dir)
@@ -159,8 +162,10 @@ def build_data(run_cfg: RunConfig, tokenizer: Any, model_dtype: torch.dtype = to
     def pad(rows: list[dict[str, Any]]) -> Batch:
         return pad_collate(rows, pad_id, "right")  # training needs no generation prompt: pad right
 
+    mask = packed_mask_mode(train_cfg.packed_attention)  # varlen: positions only, no (T, T) mask
+
     def packed(rows: list[dict[str, Any]]) -> Batch:
-        return packed_collate(rows, pad_id, mask="4d", mask_dtype=model_dtype)
+        return packed_collate(rows, pad_id, mask=mask, mask_dtype=model_dtype)
 
     if train_cfg.packing:
         train_data, collate = pack_examples(examples, train_cfg.max_seq_len), packed
@@ -317,7 +322,7 @@ def train(
     tokenizer: Any = None,
     data: TrainData | None = None,
     eval_fn: EvalFn | None = None,
-    loss_fn: LossFn = causal_lm_loss,
+    loss_fn: LossFn | None = None,
     device: str | None = None,
 ) -> TrainResult:
     """Fine-tune per ``run_cfg`` and write the run directory ``train.output_dir``.
@@ -331,7 +336,8 @@ def train(
         data: training examples and collate; None builds them from the prepared dataset.
         eval_fn: ``eval_fn(model, tokenizer) -> {"ndcg@10": ...}`` run after each epoch; its
             ``ndcg@10`` drives early stopping (else the validation loss does).
-        loss_fn: ``loss_fn(model, batch) -> scalar``; default causal-LM loss.
+        loss_fn: ``loss_fn(model, batch) -> scalar``; None: the causal-LM loss ``train.logits_only_on_labels``
+            and ``train.packed_attention`` select (``llmrec.training.loss.select_loss``).
         device: ``cpu`` to force the CPU; None uses CUDA when available.
 
     Returns:
@@ -340,6 +346,10 @@ def train(
     train_cfg = run_cfg.train
     run_dir = Path(train_cfg.output_dir)
     accelerator = build_accelerator(run_cfg, run_dir, device)
+    if accelerator.device.type == "cpu":
+        configure_threads(train_cfg.threads)
+    if loss_fn is None:
+        loss_fn = select_loss(train_cfg.logits_only_on_labels, train_cfg.packing and train_cfg.packed_attention == "varlen")
     if accelerator.is_main_process:
         rd.start_run_dir(run_dir, run_cfg, command, resume)
     accelerator.wait_for_everyone()
