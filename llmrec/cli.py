@@ -33,13 +33,7 @@ app = typer.Typer(
 
 def _register_all() -> None:
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as err:
-            if err.name == name:  # that job is not part of this checkout
-                continue
-            raise
-        module.register(app)
+        importlib.import_module(name).register(app)
 
 
 def main() -> None:
