@@ -179,6 +179,14 @@ class RunConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        # Extra groups added by subclasses (e.g. ``encoder``, ``tags``) validate themselves.
+        for group in dataclasses.fields(self):
+            check = getattr(getattr(self, group.name), "validate", None)
+            if callable(check):
+                try:
+                    check()
+                except ValueError as err:
+                    raise ConfigError(str(err)) from None
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

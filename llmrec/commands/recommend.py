@@ -50,6 +50,14 @@ def _fail(err: Exception) -> typer.Exit:
     return typer.Exit(1)
 
 
+def _query(user: str | None, history: str | None) -> list[str] | None:
+    """The parsed ``--history`` entries; exactly one of ``--user`` / ``--history`` must be given."""
+    entries = parse_history(history)
+    if (user is None) == (entries is None):
+        raise typer.BadParameter("give exactly one of --user or --history")
+    return entries
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``recommend`` and ``explain`` commands to ``app``."""
 
@@ -66,9 +74,7 @@ def register(app: typer.Typer) -> None:
         """Recommend the top-k catalog items for a user or a history."""
         from llmrec.recommender import RecommendError
 
-        entries = parse_history(history)
-        if (user is None) == (entries is None):
-            raise typer.BadParameter("give exactly one of --user or --history")
+        entries = _query(user, history)
         recommender = _load(run, device)
         try:
             recs = recommender.recommend(user_id=user, history=entries, k=k, exclude_seen=not include_seen)
@@ -102,9 +108,7 @@ def register(app: typer.Typer) -> None:
         """Explain why an item suits a user, citing only their history (checked, with a flagged fallback)."""
         from llmrec.recommender import RecommendError
 
-        entries = parse_history(history)
-        if (user is None) == (entries is None):
-            raise typer.BadParameter("give exactly one of --user or --history")
+        entries = _query(user, history)
         recommender = _load(run, device)
         try:
             explanation = recommender.explain(user_id=user, history=entries, item_id=item)

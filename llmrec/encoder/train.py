@@ -51,12 +51,6 @@ class EncoderRunConfig(RunConfig):
 
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
 
-    def validate(self) -> None:
-        super().validate()
-        try:
-            self.encoder.validate()
-        except ValueError as err:
-            raise ConfigError(str(err)) from None
 
 
 def text_spec(cfg: RunConfig) -> TextSpec:

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 import llmrec
-from llmrec.config import ConfigError, RunConfig, dump_yaml
+from llmrec.config import RunConfig, dump_yaml
 from llmrec.data.dataset import PreparedDataset
 from llmrec.data.schema import Catalog, UserSequence
 from llmrec.encoder.train import lora_for_layers, plot_curve, text_spec, training_pairs
@@ -62,12 +62,6 @@ class TagsRunConfig(RunConfig):
 
     tags: TagsConfig = field(default_factory=TagsConfig)
 
-    def validate(self) -> None:
-        super().validate()
-        try:
-            self.tags.validate()
-        except ValueError as err:
-            raise ConfigError(str(err)) from None
 
 
 def multi_hot(catalog: Catalog, tags: Sequence[str], items: Sequence[int]) -> torch.Tensor:

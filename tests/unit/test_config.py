@@ -63,3 +63,23 @@ def test_dump_round_trips(tmp_path) -> None:
     path.write_text(dump_yaml(config))
     again = load_config([path])
     assert again == config
+
+
+def test_extra_groups_validate_themselves() -> None:
+    from dataclasses import dataclass, field
+
+    @dataclass
+    class ExtraGroup:
+        size: int = 1  # must be positive
+
+        def validate(self) -> None:
+            if self.size < 1:
+                raise ValueError(f"extra.size must be >= 1, got {self.size}")
+
+    @dataclass
+    class ExtendedConfig(RunConfig):
+        extra: ExtraGroup = field(default_factory=ExtraGroup)
+
+    assert load_config([], ["extra.size=3"], schema=ExtendedConfig).extra.size == 3
+    with pytest.raises(ConfigError, match="extra.size must be >= 1"):
+        load_config([], ["extra.size=0"], schema=ExtendedConfig)
