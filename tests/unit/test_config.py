@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import pytest
 
 from llmrec.config import ConfigError, RunConfig, dump_yaml, load_config
@@ -65,21 +67,22 @@ def test_dump_round_trips(tmp_path) -> None:
     assert again == config
 
 
+
+@dataclass
+class _ExtraGroup:
+    size: int = 1  # must be positive
+
+    def validate(self) -> None:
+        if self.size < 1:
+            raise ValueError(f"extra.size must be >= 1, got {self.size}")
+
+
+@dataclass
+class _ExtendedConfig(RunConfig):
+    extra: _ExtraGroup = field(default_factory=_ExtraGroup)
+
+
 def test_extra_groups_validate_themselves() -> None:
-    from dataclasses import dataclass, field
-
-    @dataclass
-    class ExtraGroup:
-        size: int = 1  # must be positive
-
-        def validate(self) -> None:
-            if self.size < 1:
-                raise ValueError(f"extra.size must be >= 1, got {self.size}")
-
-    @dataclass
-    class ExtendedConfig(RunConfig):
-        extra: ExtraGroup = field(default_factory=ExtraGroup)
-
-    assert load_config([], ["extra.size=3"], schema=ExtendedConfig).extra.size == 3
+    assert load_config([], ["extra.size=3"], schema=_ExtendedConfig).extra.size == 3
     with pytest.raises(ConfigError, match="extra.size must be >= 1"):
-        load_config([], ["extra.size=0"], schema=ExtendedConfig)
+        load_config([], ["extra.size=0"], schema=_ExtendedConfig)
