@@ -168,6 +168,7 @@ def run_train_benchmark(run_cfg: RunConfig, steps: int = 5, warmup: int = 1, cei
                      "attn_implementation": run_cfg.model.attn_implementation, "packing": train_cfg.packing,
                      "packed_attention": train_cfg.packed_attention if train_cfg.packing else None,
                      "logits_only_on_labels": train_cfg.logits_only_on_labels, "batch_size": train_cfg.batch_size,
+                     "group_by_length": train_cfg.group_by_length and not train_cfg.packing,
                      "grad_accum": train_cfg.grad_accum, "max_seq_len": train_cfg.max_seq_len,
                      "lora_r": run_cfg.lora.r if lora else None, "lora_dropout": run_cfg.lora.dropout if lora else None},
         "examples": len(lengths), "attention_context": attention_context(lengths), "label_share": label_share,

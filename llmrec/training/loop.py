@@ -32,7 +32,7 @@ from llmrec.io import write_json
 from llmrec.modeling.dtype import resolve_mixed_precision
 from llmrec.training import checkpoint as ckpt
 from llmrec.training import run_dir as rd
-from llmrec.training.loss import select_loss
+from llmrec.training.loss import adapters_follow_autocast, select_loss
 from llmrec.training.speed import configure_threads
 
 Batch = dict[str, torch.Tensor]
@@ -83,9 +83,35 @@ def build_accelerator(run_cfg: RunConfig, run_dir: Path, device: str | None = No
     )
 
 
+def compute_dtype_loss(loss_fn: LossFn, model: torch.nn.Module, accelerator: Accelerator) -> LossFn:
+    """Run adapter products in bf16 where the frozen weights are bf16 (see ``adapters_follow_autocast``).
+
+    Under Accelerate's autocast (CUDA) only PEFT's input casting is turned off. On the CPU,
+    Accelerate runs no autocast (``mixed_precision: auto`` -> ``no``: its wrapper would also upcast
+    every output to fp32), so a bf16 base with fp32 adapters gets a bf16 autocast around the loss.
+    """
+    if accelerator.mixed_precision in ("bf16", "fp16"):
+        return adapters_follow_autocast(loss_fn)
+    frozen_bf16 = any(p.dtype == torch.bfloat16 and not p.requires_grad for p in model.parameters())
+    if accelerator.device.type == "cpu" and frozen_bf16:
+        return adapters_follow_autocast(loss_fn, autocast_device="cpu")
+    return loss_fn
+
+
 def build_dataloader(examples: Any, collate: Callable[..., Batch], batch_size: int, shuffle: bool,
-                     seed: int, num_workers: int = 0) -> DataLoader:
-    """A DataLoader whose shuffling never touches the global RNG (its own seeded generator)."""
+                     seed: int, num_workers: int = 0, group_by_length: bool = False) -> DataLoader:
+    """A DataLoader whose shuffling never touches the global RNG (its own seeded generator).
+
+    ``group_by_length`` (with ``shuffle``): batches of similar-length examples drawn in a seeded,
+    per-epoch order (:class:`llmrec.training.sampler.LengthGroupedSampler`), for padded batches.
+    """
+    if shuffle and group_by_length:
+        from llmrec.training.collate import example_lengths
+        from llmrec.training.sampler import LengthGroupedSampler
+
+        sampler = LengthGroupedSampler(example_lengths(examples), batch_size, seed)
+        return DataLoader(examples, batch_size=batch_size, sampler=sampler, collate_fn=collate,
+                          num_workers=num_workers, drop_last=False)
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(examples, batch_size=batch_size, shuffle=shuffle, collate_fn=collate,
                       generator=generator, num_workers=num_workers, drop_last=False)
@@ -359,8 +385,9 @@ def train(
 
         model, tokenizer = build_model(run_cfg.model, run_cfg.lora)
     data = data if data is not None else build_data(run_cfg, tokenizer, next(model.parameters()).dtype)
+    loss_fn = compute_dtype_loss(loss_fn, model, accelerator)
     train_loader = build_dataloader(data.train, data.collate, train_cfg.batch_size, True, train_cfg.seed,
-                                    train_cfg.num_workers)
+                                    train_cfg.num_workers, train_cfg.group_by_length and not train_cfg.packing)
     valid_loader = None if data.valid is None else build_dataloader(
         data.valid, data.valid_collate or data.collate, train_cfg.batch_size, False, train_cfg.seed, train_cfg.num_workers)
     optimizer = build_optimizer(model, train_cfg.learning_rate, train_cfg.weight_decay)

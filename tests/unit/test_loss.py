@@ -147,3 +147,40 @@ def test_varlen_packed_attention_matches_the_block_mask() -> None:
 def test_segment_bounds() -> None:
     positions = torch.tensor([[0, 1, 2, 0, 1, 0], [0, 1, 2, 3, 4, 5]])
     assert varlen_module.segment_bounds(positions) == [[(0, 3), (3, 5), (5, 6)], [(0, 6)]]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_cross_entropy_matches_torch_across_chunks(dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(loss_module, "CE_CHUNK_ELEMENTS", 3 * 50)  # 3 rows per chunk: 7 rows -> 3 chunks
+    generator = torch.Generator().manual_seed(0)
+    base = (torch.randn(7, 50, generator=generator) * 4).to(dtype)
+    targets = torch.randint(0, 50, (7,), generator=generator)
+    ours_in, ref_in = base.clone().requires_grad_(), base.clone().requires_grad_()
+    ours = cross_entropy_fp32(ours_in, targets, normalizer=5.0)
+    ref = torch.nn.functional.cross_entropy(ref_in.float(), targets, reduction="sum") / 5.0
+    (ours * 3.0).backward()
+    (ref * 3.0).backward()
+    assert torch.equal(ours_in.detach(), base), "the logits were modified in place"
+    assert ours.dtype == torch.float32
+    torch.testing.assert_close(ours, ref, rtol=1e-6, atol=1e-6)
+    tolerance = 1e-6 if dtype == torch.float32 else 1e-2
+    assert ours_in.grad is not None and ref_in.grad is not None
+    torch.testing.assert_close(ours_in.grad.float(), ref_in.grad.float(), rtol=tolerance, atol=tolerance)
+
+
+def test_adapters_follow_autocast_keeps_the_loss_and_fp32_adapters() -> None:
+    model = lora_llama().to(torch.bfloat16)
+    for name, param in model.named_parameters():
+        if "lora_" in name:
+            param.data = param.data.float()  # fp32 adapters over a bf16 base, as apply_lora leaves them
+    batch = pad_collate(examples(), pad_token_id=0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cast = causal_lm_loss_on_labels(model, batch)  # PEFT casts activations to the fp32 adapters
+        inside = loss_module.adapters_follow_autocast(causal_lm_loss_on_labels)(model, batch)
+    fast = loss_module.adapters_follow_autocast(causal_lm_loss_on_labels, autocast_device="cpu")(model, batch)
+    torch.testing.assert_close(inside, fast)
+    fast.backward()
+    torch.testing.assert_close(fast, cast, rtol=2e-2, atol=2e-2)
+    grads = lora_grads(model)
+    assert grads and all(g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads.values())
+    assert all(getattr(m, "cast_input_dtype_enabled", True) for m in model.modules()), "casting not restored"
