@@ -9,6 +9,9 @@ the evaluator can rank with. Entries are registered lazily as ``"module:function
 :data:`MODEL_REGISTRY` (so the benchmark imports only what it runs) or at run time with
 :func:`register_model`.
 
+A second, optional table scores interest-tag models (``tags:`` entries, :data:`TAG_REGISTRY`,
+:mod:`llmrec.tags.benchmark`) on the same split with :func:`llmrec.tags.baselines.evaluate_tags`.
+
 Launch: ``llmrec benchmark --config configs/ml100k/benchmark.yaml [--out DIR] [--seeds 0,1,2]``
 """
 
@@ -19,7 +22,7 @@ import logging
 import os
 import platform
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +31,7 @@ import numpy as np
 
 from llmrec.config import ConfigError, DataConfig, EvalConfig, to_dict
 from llmrec.data.dataset import PreparedDataset
+from llmrec.data.schema import EvalCase
 from llmrec.evaluation.evaluate import EvalResult, evaluate, write_ranks
 from llmrec.evaluation.report import plot_results, results_markdown
 from llmrec.io import atomic_dir, write_json
@@ -35,6 +39,7 @@ from llmrec.io import atomic_dir, write_json
 log = logging.getLogger(__name__)
 
 Builder = Callable[[PreparedDataset, dict[str, Any], int], Any]
+TagBuilder = Callable[[PreparedDataset, dict[str, Any], int, str], Any]  # (dataset, params, seed, split) -> TagScorer
 
 # Short name -> "module:function" (imported on first use) or the function itself.
 MODEL_REGISTRY: dict[str, str | Builder] = {
@@ -46,11 +51,19 @@ MODEL_REGISTRY: dict[str, str | Builder] = {
     "minilm_two_tower": "llmrec.encoder.train:build_and_train",  # LoRA-tuned text two-tower (llmrec.encoder)
 }
 
+# Interest-tag models of the second table (``tags:`` entries), same lazy form; see llmrec.tags.benchmark.
+TAG_REGISTRY: dict[str, str | TagBuilder] = {
+    "most_frequent": "llmrec.tags.benchmark:build_most_frequent",  # tag shares of the input interactions
+    "cooccurrence": "llmrec.tags.benchmark:build_cooccurrence",  # recent items' tags through co-occurrence
+    "tag_classifier": "llmrec.tags.benchmark:build_classifier",  # encoder + multi-label head (load or train)
+    "decoder_tags": "llmrec.tags.benchmark:build_decoder",  # base decoder, exact per-tag likelihoods
+}
+
 @dataclass
 class BenchmarkModel:
-    name: str = "pop"  # registry key (pop | gru4rec | sasrec | entries added by register_model)
-    label: str | None = None  # name in the report (default: name); must be unique
-    params: dict[str, Any] = field(default_factory=dict)  # passed to the builder unchanged
+    name: str = "pop"  # registry key: MODEL_REGISTRY for models, TAG_REGISTRY for tags (or registered at run time)
+    label: str | None = None  # name in the report (default: name); must be unique within its table
+    params: dict[str, Any] = field(default_factory=dict)  # passed to the builder (tags: less max_users, a seeded user subset)
     seeds: list[int] | None = None  # seeds of this model (None = the benchmark's seeds)
 
 
@@ -61,6 +74,7 @@ class BenchmarkConfig:
     data: DataConfig = field(default_factory=DataConfig)  # prepared_dir is read (prepared when missing)
     eval: EvalConfig = field(default_factory=EvalConfig)  # the one evaluation every model goes through
     models: list[BenchmarkModel] = field(default_factory=list)  # models, in report order
+    tags: list[BenchmarkModel] = field(default_factory=list)  # interest-tag models, second table (empty = none)
     seeds: list[int] = field(default_factory=lambda: [0])  # default seeds of every model
     out_dir: str = "reports/benchmark-ml100k"  # report directory (replaced atomically)
     num_threads: int = 2  # torch CPU threads (0 = torch default)
@@ -69,16 +83,26 @@ class BenchmarkConfig:
     def validate(self) -> None:
         if not self.models:
             raise ConfigError("models: list at least one model")
-        labels = [m.label or m.name for m in self.models]
-        if len(set(labels)) != len(labels):
-            raise ConfigError(f"models: labels must be unique, got {labels}")
-        unknown = [m.name for m in self.models if m.name not in MODEL_REGISTRY]
-        if unknown:
-            raise ConfigError(f"models: unknown model(s) {unknown}; known: {sorted(MODEL_REGISTRY)}")
+        _check_entries("models", "model", self.models, MODEL_REGISTRY)
+        _check_entries("tags", "tag model", self.tags, TAG_REGISTRY)
+        for spec in self.tags:
+            limit = spec.params.get("max_users")
+            if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit <= 0):
+                raise ConfigError(f"tags: {spec.label or spec.name}: params.max_users must be a positive integer, got {limit!r}")
         if not self.seeds:
             raise ConfigError("seeds: list at least one seed")
         if self.eval.split not in ("valid", "test") or any(k <= 0 for k in self.eval.ks):
             raise ConfigError("eval.split must be valid or test and eval.ks positive")
+
+
+def _check_entries(group: str, kind: str, entries: Sequence[BenchmarkModel], registry: Mapping[str, object]) -> None:
+    """Unique labels and known registry names in one list of entries (``models`` or ``tags``)."""
+    labels = [m.label or m.name for m in entries]
+    if len(set(labels)) != len(labels):
+        raise ConfigError(f"{group}: labels must be unique, got {labels}")
+    unknown = [m.name for m in entries if m.name not in registry]
+    if unknown:
+        raise ConfigError(f"{group}: unknown {kind}(s) {unknown}; known: {sorted(registry)}")
 
 
 def register_model(name: str, builder: str | Builder) -> None:
@@ -86,16 +110,41 @@ def register_model(name: str, builder: str | Builder) -> None:
     MODEL_REGISTRY[name] = builder
 
 
-def get_builder(name: str) -> Builder:
-    """The builder registered as ``name`` (imported on first use)."""
-    if name not in MODEL_REGISTRY:
-        raise KeyError(f"unknown model {name!r}; known: {sorted(MODEL_REGISTRY)}")
-    entry = MODEL_REGISTRY[name]
+def register_tag_model(name: str, builder: str | TagBuilder) -> None:
+    """Add (or replace) a :data:`TAG_REGISTRY` entry: ``builder(dataset, params, seed, split) -> TagScorer``."""
+    TAG_REGISTRY[name] = builder
+
+
+def _resolve(registry: dict[str, Any], name: str, kind: str) -> Any:
+    """The function registered as ``name`` (a ``"module:function"`` entry is imported once)."""
+    if name not in registry:
+        raise KeyError(f"unknown {kind} {name!r}; known: {sorted(registry)}")
+    entry = registry[name]
     if isinstance(entry, str):
         module_name, _, function = entry.partition(":")
         entry = getattr(importlib.import_module(module_name), function)
-        MODEL_REGISTRY[name] = entry
+        registry[name] = entry
     return entry
+
+
+def get_builder(name: str) -> Builder:
+    """The builder registered as ``name`` (imported on first use)."""
+    builder: Builder = _resolve(MODEL_REGISTRY, name, "model")
+    return builder
+
+
+def get_tag_builder(name: str) -> TagBuilder:
+    """The tag-model builder registered as ``name`` (imported on first use)."""
+    builder: TagBuilder = _resolve(TAG_REGISTRY, name, "tag model")
+    return builder
+
+
+def seeded_subset(cases: list[EvalCase], max_users: int | None, seed: int) -> list[EvalCase]:
+    """``max_users`` of ``cases`` drawn with ``seed``, in their original order (all when None or more)."""
+    if max_users is None or max_users >= len(cases):
+        return cases
+    picked = np.sort(np.random.default_rng(seed).choice(len(cases), max_users, replace=False))
+    return [cases[i] for i in picked]
 
 
 def load_or_prepare(data: DataConfig) -> PreparedDataset:
@@ -141,10 +190,7 @@ def run_one(
     build_time = time.perf_counter() - started
     reported = getattr(model, "train_time_s", None)  # a reused run (e.g. llm with run_dir) reports when it was trained
     train_time = float(reported) if reported is not None else build_time
-    cases = dataset.eval_cases(eval_cfg.split)
-    if eval_cfg.max_users is not None and eval_cfg.max_users < len(cases):
-        picked = np.sort(np.random.default_rng(eval_cfg.seed).choice(len(cases), eval_cfg.max_users, replace=False))
-        cases = [cases[i] for i in picked]
+    cases = seeded_subset(dataset.eval_cases(eval_cfg.split), eval_cfg.max_users, eval_cfg.seed)
     started = time.perf_counter()
     result = evaluate(
         model,
@@ -193,7 +239,7 @@ def summarize(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def run_benchmark(config: BenchmarkConfig, out_dir: str | Path | None = None, command: str = "") -> dict[str, Any]:
-    """Train and evaluate every model of ``config``; write the report directory atomically.
+    """Train and evaluate every model (and tag model) of ``config``; write the report directory atomically.
 
     Returns:
         The ``results.json`` content.
@@ -211,6 +257,11 @@ def run_benchmark(config: BenchmarkConfig, out_dir: str | Path | None = None, co
             row, result = run_one(dataset, spec, seed, config.eval)
             runs.append(row)
             results.append(result)
+    tag_runs: list[dict[str, Any]] = []
+    if config.tags:
+        from llmrec.tags.benchmark import run_tag_one
+
+        tag_runs = [run_tag_one(dataset, spec, seed, config.eval) for spec in config.tags for seed in spec.seeds or config.seeds]
     report = {
         "dataset": {"dir": str(dataset.root), "fingerprint": dataset.fingerprint, "counts": dataset.manifest.get("counts")},
         "eval": to_dict(config.eval),
@@ -219,6 +270,8 @@ def run_benchmark(config: BenchmarkConfig, out_dir: str | Path | None = None, co
         "total_time_s": round(time.perf_counter() - started, 1),
         "runs": runs,
         "summary": summarize(runs),
+        "tags": tag_runs,  # interest-tag rows (empty without ``tags:`` entries)
+        "tags_summary": summarize(tag_runs),
     }
     with atomic_dir(out, overwrite=True) as tmp:
         write_json(tmp / "results.json", report)

@@ -101,6 +101,7 @@ class TrainConfig:
     max_seq_len: int = 1024  # longest training sequence in tokens
     packing: bool = True  # pack several sequences per row with correct boundaries
     group_by_length: bool = True  # padded batches (packing off): batches of similar-length examples, seeded per epoch
+    compile: bool = False  # torch.compile the model (Accelerate's inductor backend); no gain measured on CPU
     mixed_precision: str = "auto"  # auto | no | bf16 | fp16 (Accelerate)
     save_every_steps: int = 0  # checkpoint every N steps (0 = end of epoch only)
     keep_checkpoints: int = 2  # newest checkpoints kept in RUN/checkpoints (0 = keep all)

@@ -58,7 +58,7 @@ class LoadedRun:
     method: str  # beam | full_catalog | two_tower
     explainer: Explainer
     grounders: list[tuple[str, Any]]
-    model: Any  # the decoder (PeftModel) or the two-tower recommender
+    model: Any  # the decoder (adapter merged) or the two-tower recommender
     tokenizer: Any
 
 
@@ -219,8 +219,14 @@ def _load_decoder(
     return LoadedRun(info, config, dataset, ranker, method, explainer, grounders, model, tokenizer)
 
 
-def load_decoder_model(info: RunInfo, config: RunConfig, device: torch.device) -> tuple[Any, Any]:
-    """Base model (``build_model`` without LoRA) + the run's adapter and tokenizer, in eval mode."""
+def load_decoder_model(info: RunInfo, config: RunConfig, device: torch.device, merge: bool = True) -> tuple[Any, Any]:
+    """Base model (``build_model`` without LoRA) + the run's adapter and tokenizer, in eval mode.
+
+    ``merge`` folds the adapter into the base weights (``merge_and_unload``; not for 4-bit bases):
+    inference then does no per-layer adapter work (with a bf16 base and fp32 adapters PEFT would
+    also round-trip every activation through fp32). The weights are rounded once to the base's
+    dtype; ``merge=False`` keeps the ``PeftModel``.
+    """
     from dataclasses import replace
 
     from peft import PeftModel
@@ -242,8 +248,10 @@ def load_decoder_model(info: RunInfo, config: RunConfig, device: torch.device) -
         tokenizer.pad_token = tokenizer.eos_token
     if len(tokenizer) > base.get_input_embeddings().weight.shape[0]:
         base.resize_token_embeddings(len(tokenizer))  # tokens added during training
-    model = PeftModel.from_pretrained(base, adapter).to(device).eval()
-    return model, tokenizer
+    model = PeftModel.from_pretrained(base, adapter)
+    if merge and not config.model.load_in_4bit:
+        model = model.merge_and_unload()
+    return model.to(device).eval(), tokenizer
 
 
 def _seed_random_base(info: RunInfo) -> None:

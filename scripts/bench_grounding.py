@@ -17,6 +17,7 @@ import platform
 
 import torch
 
+from llmrec.config import load_config
 from llmrec.grounding.bench import bench_catalog, bench_constrained, memory_bandwidth_gbs, minilm_query_ms
 from llmrec.io import write_json
 
@@ -31,7 +32,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--llm", action="store_true", help="also time constrained top-k with a real LM")
     parser.add_argument("--dataset-dir", default="data/ml-100k")
-    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--config", default="configs/ml100k/smollm2-lora.yaml",
+                        help="recipe whose model (dtype, attention) and prompt (history) settings --llm uses")
+    parser.add_argument("--model", default=None, help="override the recipe's model.name_or_path")
     parser.add_argument("--llm-users", type=int, default=32)
     parser.add_argument("--llm-single-users", type=int, default=4, help="users timed one by one at batch 1")
     parser.add_argument("--llm-batches", type=int, nargs="+", default=[1, 32])
@@ -56,9 +59,11 @@ def main() -> None:
         report["catalogs"][str(size)] = bench_catalog(size, args.grounders, args.queries, args.seed, args.time_cap, print)
         write_json(args.out, report)
     if args.llm:
-        print(f"constrained top-{args.top_k} ({args.model}, {args.dataset_dir})")
-        report["constrained"] = bench_constrained(args.dataset_dir, args.model, args.llm_batches, args.llm_users,
-                                                  args.top_k, args.num_beams, print, args.llm_single_users)
+        run_cfg = load_config([args.config], [f"model.name_or_path={args.model}"] if args.model else [])
+        print(f"constrained top-{args.top_k} ({run_cfg.model.name_or_path}, {args.config}, {args.dataset_dir})")
+        report["constrained"] = bench_constrained(args.dataset_dir, run_cfg.model, run_cfg.prompt, args.llm_batches,
+                                                  args.llm_users, args.top_k, args.num_beams, print,
+                                                  args.llm_single_users)
     write_json(args.out, report)
     print(f"wrote {args.out}")
 

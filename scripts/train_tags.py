@@ -20,23 +20,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from llmrec.config import LoraConfig, ModelConfig, load_config
+from llmrec.config import load_config
 from llmrec.data.dataset import PreparedDataset
 from llmrec.io import write_json
 from llmrec.tags.baselines import CooccurrenceTags, MostFrequentTags, evaluate_tags
 from llmrec.tags.classifier import TagClassifier, TagsRunConfig, train_tag_classifier
-
-
-def decoder_scorer(name: str, cfg: TagsRunConfig, dataset: PreparedDataset) -> Any:
-    """A base decoder (no adapter) scoring tags through the ``interest_tags`` prompt."""
-    from llmrec.modeling.build import build_model
-    from llmrec.prompts import load_template
-    from llmrec.tags.generate import DecoderTagScorer
-
-    model, tokenizer = build_model(ModelConfig(name_or_path=name, dtype="fp32"), LoraConfig(enabled=False), task="causal_lm")
-    return DecoderTagScorer(model, tokenizer, dataset.catalog, load_template("interest_tags"), cfg.prompt,
-                            num_tags=cfg.tags.num_tags, max_items=cfg.tags.decoder_history_items,
-                            length_normalize=cfg.tags.length_normalize)
+from llmrec.tags.generate import load_decoder_tag_scorer
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -66,8 +55,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.decoder:
         subset = random.Random(cfg.eval.seed).sample(cases, min(args.decoder_users, len(cases)))
         start = time.perf_counter()
+        decoder = load_decoder_tag_scorer(args.decoder, dataset.catalog, cfg.prompt, num_tags=cfg.tags.num_tags,
+                                          max_items=cfg.tags.decoder_history_items, length_normalize=cfg.tags.length_normalize)
         results[f"decoder:{args.decoder}@{len(subset)}users"] = {
-            **evaluate_tags(decoder_scorer(args.decoder, cfg, dataset), subset, dataset.catalog, batch_size=8),
+            **evaluate_tags(decoder, subset, dataset.catalog, batch_size=8),
             "seconds": time.perf_counter() - start,
         }
         for name in ("most_frequent", "cooccurrence", "classifier"):  # the same users, for a fair row

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from llmrec.config import ModelConfig, PromptConfig
 from llmrec.data.schema import Catalog, Item
 from llmrec.grounding.base import Grounder, build_grounder
 
@@ -144,14 +145,17 @@ def minilm_query_ms(repeats: int = 20) -> float | None:
     return statistics.median(times)
 
 
-def bench_constrained(dataset_dir: str, model_name: str, batch_sizes: Sequence[int], users: int, top_k: int,
-                      num_beams: int, log: Callable[[str], None], single_users: int = 4) -> dict[str, Any]:
+def bench_constrained(dataset_dir: str, model_cfg: ModelConfig, prompt_cfg: PromptConfig, batch_sizes: Sequence[int],
+                      users: int, top_k: int, num_beams: int, log: Callable[[str], None],
+                      single_users: int = 4) -> dict[str, Any]:
     """Per-user latency of trie-constrained top-``top_k`` on a prepared dataset's test users.
 
-    Batch size 1 runs the first ``single_users`` users one by one; a batch size ``b > 1`` runs the
-    first ``users`` users in batches of ``b``.
+    The model (dtype, attention) and the prompt (history length, fields) come from a recipe's
+    ``model`` and ``prompt`` groups; the base weights stand in for a merged adapter, which costs
+    the same. Batch size 1 runs the first ``single_users`` users one by one; a batch size ``b > 1``
+    runs the first ``users`` users in batches of ``b``.
     """
-    from llmrec.config import LoraConfig, ModelConfig, PromptConfig
+    from llmrec.config import LoraConfig
     from llmrec.data.dataset import PreparedDataset
     from llmrec.generation.decode import constrained_beam_search
     from llmrec.generation.trie import build_item_trie
@@ -162,10 +166,10 @@ def bench_constrained(dataset_dir: str, model_name: str, batch_sizes: Sequence[i
     dataset = PreparedDataset.load(dataset_dir)
     catalog, cases = dataset.catalog, dataset.eval_cases("test")[:users]
     began = time.perf_counter()
-    model, tokenizer = build_model(ModelConfig(name_or_path=model_name, dtype="fp32"), LoraConfig(enabled=False))
+    model, tokenizer = build_model(model_cfg, LoraConfig(enabled=False))
     model.eval()
     load_s = time.perf_counter() - began
-    cfg = PromptConfig()
+    cfg = prompt_cfg
     template = load_template(cfg.template, cfg.prompts_dir)
     prompts = [render_prompt(case.history, catalog, template, tokenizer, cfg) for case in cases]
     body = prompts[0].rstrip("\n")
@@ -180,7 +184,9 @@ def bench_constrained(dataset_dir: str, model_name: str, batch_sizes: Sequence[i
     out: dict[str, Any] = {"model_load_s": load_s, "trie_build_s": trie_s, "trie_nodes": trie.num_nodes,
                            "items": trie.num_items, "trie_depth": trie.max_depth, "top_k": top_k,
                            "num_beams": num_beams, "mean_prompt_tokens": statistics.mean(prompt_tokens),
-                           "threads": torch.get_num_threads()}
+                           "threads": torch.get_num_threads(), "dtype": str(next(model.parameters()).dtype),
+                           "attn_implementation": model_cfg.attn_implementation,
+                           "max_history_items": cfg.max_history_items}
     log(f"  model load {load_s:.1f}s, trie {trie.num_nodes} nodes / depth {trie.max_depth} in {trie_s:.2f}s, "
         f"mean prompt {out['mean_prompt_tokens']:.0f} tokens")
     for batch in batch_sizes:

@@ -193,3 +193,29 @@ class DecoderTagScorer:
         """``k`` (default ``num_tags``) tags by trie-constrained greedy decoding."""
         self.model.eval()
         return generate_tags(self.model, self.tokenizer, self.prompt(history), self.tags, self.cfg, k or self.num_tags)
+
+
+def load_decoder_tag_scorer(
+    name: str, catalog: Catalog, prompt: PromptConfig, template: str = "interest_tags", num_tags: int = 3,
+    max_items: int = 10, length_normalize: bool = False, device: str = "cpu",
+) -> DecoderTagScorer:
+    """A base decoder (no adapter, fp32) scoring tags through the ``template`` prompt.
+
+    Args:
+        name: the decoder (asset name, local directory or hub id).
+        catalog: item table.
+        prompt: prompt settings (history rendering, chat format).
+        template: template name in ``prompts/`` (read from ``prompt.prompts_dir`` when set).
+        num_tags: the number the prompt asks for.
+        max_items: most recent history items in the prompt.
+        length_normalize: rank by mean instead of summed token log-probability.
+        device: torch device of the model.
+    """
+    from llmrec.config import LoraConfig, ModelConfig
+    from llmrec.modeling.build import build_model
+    from llmrec.prompts import load_template
+
+    model, tokenizer = build_model(ModelConfig(name_or_path=name, dtype="fp32"), LoraConfig(enabled=False),
+                                   task="causal_lm", device=device)
+    return DecoderTagScorer(model, tokenizer, catalog, load_template(template, prompt.prompts_dir), prompt,
+                            num_tags=num_tags, max_items=max_items, length_normalize=length_normalize)

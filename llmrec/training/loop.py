@@ -32,7 +32,7 @@ from llmrec.io import write_json
 from llmrec.modeling.dtype import resolve_mixed_precision
 from llmrec.training import checkpoint as ckpt
 from llmrec.training import run_dir as rd
-from llmrec.training.loss import adapters_follow_autocast, select_loss
+from llmrec.training.loss import adapters_follow_autocast, select_loss, unwrap
 from llmrec.training.speed import configure_threads
 
 Batch = dict[str, torch.Tensor]
@@ -80,20 +80,27 @@ def build_accelerator(run_cfg: RunConfig, run_dir: Path, device: str | None = No
         project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs")),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=train_cfg.seed),
         cpu=cpu,
+        dynamo_backend="inductor" if train_cfg.compile else "no",
     )
 
 
-def compute_dtype_loss(loss_fn: LossFn, model: torch.nn.Module, accelerator: Accelerator) -> LossFn:
+def compute_dtype_loss(loss_fn: LossFn, model: torch.nn.Module, accelerator: Accelerator,
+                       requested: str = "auto") -> LossFn:
     """Run adapter products in bf16 where the frozen weights are bf16 (see ``adapters_follow_autocast``).
 
     Under Accelerate's autocast (CUDA) only PEFT's input casting is turned off. On the CPU,
     Accelerate runs no autocast (``mixed_precision: auto`` -> ``no``: its wrapper would also upcast
-    every output to fp32), so a bf16 base with fp32 adapters gets a bf16 autocast around the loss.
+    every output to fp32), so with ``train.mixed_precision: auto`` (``requested``) a bf16 base with
+    fp32 adapters gets a bf16 autocast around the loss. 4-bit (QLoRA) bases keep bitsandbytes' own
+    compute-dtype handling.
     """
+    inner = unwrap(model)
+    if getattr(inner, "is_loaded_in_4bit", False) or getattr(inner, "hf_quantizer", None) is not None:
+        return loss_fn
     if accelerator.mixed_precision in ("bf16", "fp16"):
         return adapters_follow_autocast(loss_fn)
     frozen_bf16 = any(p.dtype == torch.bfloat16 and not p.requires_grad for p in model.parameters())
-    if accelerator.device.type == "cpu" and frozen_bf16:
+    if accelerator.device.type == "cpu" and frozen_bf16 and requested == "auto":
         return adapters_follow_autocast(loss_fn, autocast_device="cpu")
     return loss_fn
 
@@ -385,7 +392,7 @@ def train(
 
         model, tokenizer = build_model(run_cfg.model, run_cfg.lora)
     data = data if data is not None else build_data(run_cfg, tokenizer, next(model.parameters()).dtype)
-    loss_fn = compute_dtype_loss(loss_fn, model, accelerator)
+    loss_fn = compute_dtype_loss(loss_fn, model, accelerator, train_cfg.mixed_precision)
     train_loader = build_dataloader(data.train, data.collate, train_cfg.batch_size, True, train_cfg.seed,
                                     train_cfg.num_workers, train_cfg.group_by_length and not train_cfg.packing)
     valid_loader = None if data.valid is None else build_dataloader(

@@ -11,17 +11,31 @@ from typer.testing import CliRunner
 
 from llmrec.benchmark import (
     MODEL_REGISTRY,
+    TAG_REGISTRY,
     BenchmarkConfig,
+    BenchmarkModel,
     get_builder,
     register_model,
+    register_tag_model,
     run_benchmark,
+    seeded_subset,
     summarize,
 )
-from llmrec.config import ConfigError, load_config
-from llmrec.data.dataset import save_prepared
+from llmrec.config import ConfigError, EvalConfig, load_config
+from llmrec.data.dataset import PreparedDataset, save_prepared
 from llmrec.data.schema import Catalog, Item
+from llmrec.tags.baselines import CooccurrenceTags, MostFrequentTags, evaluate_tags
+from llmrec.tags.benchmark import build_classifier, run_tag_one
 
 NUM_ITEMS = 12
+TAGS = ("Action", "Comedy", "Drama")
+
+
+def item_tags(i: int) -> tuple[str, ...]:
+    """One or two tags per item; the last item has none (its targets are skipped by the tag metrics)."""
+    if i == NUM_ITEMS - 1:
+        return ()
+    return (TAGS[i % 3],) if i % 2 else (TAGS[i % 3], TAGS[(i + 1) % 3])
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +47,7 @@ def data_dir(tmp_path_factory):
             split = "test" if t == 7 else "valid" if t == 6 else "train"
             rows.append((f"u{user}", f"i{item}", t, "rate", None, split, item))
     frame = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp", "action", "rating", "split", "item_index"])
-    catalog = Catalog(Item(f"i{i}", f"Item {i}") for i in range(NUM_ITEMS))
+    catalog = Catalog(Item(f"i{i}", f"Item {i}", item_tags(i)) for i in range(NUM_ITEMS))
     return save_prepared(tmp_path_factory.mktemp("bench") / "data", frame, catalog, {"source": "synthetic"})
 
 
@@ -127,3 +141,153 @@ def test_cli_benchmark_and_evaluate(tmp_path, data_dir):
     assert len(pd.read_parquet(tmp_path / "e" / "ranks.parquet")) == 30
     bad = runner.invoke(app, ["benchmark", "--config", config, "--seeds", "a,b"])
     assert bad.exit_code != 0
+
+
+def write_tag_config(tmp_path, data_dir, tags: str) -> str:
+    path = tmp_path / "bench-tags.yaml"
+    path.write_text(f"data: {{prepared_dir: {data_dir}}}\nnum_threads: 1\nsave_ranks: false\n"
+                    f"models: [{{name: pop}}]\ntags:\n{tags}", encoding="utf-8")
+    return str(path)
+
+
+def test_tag_table_scores_the_baselines_like_evaluate_tags(tmp_path, data_dir):
+    tags = """  - {name: most_frequent}
+  - {name: cooccurrence, params: {window: 3, decay: 0.5}}
+  - {name: cooccurrence, label: cooc-subset, params: {window: 3, decay: 0.5, max_users: 5}}
+"""
+    config = load_config([write_tag_config(tmp_path, data_dir, tags)], schema=BenchmarkConfig)
+    run_benchmark(config, tmp_path / "report", command="pytest")
+    saved = json.loads((tmp_path / "report" / "results.json").read_text())
+    rows = {row["label"]: row for row in saved["tags"]}
+    assert list(rows) == ["most_frequent", "cooccurrence", "cooc-subset"]
+    # The same split, cases and fit sequences as scripts/train_tags.py: test targets, train + valid inputs.
+    dataset = PreparedDataset.load(data_dir)
+    cases = dataset.eval_cases("test")
+    seen = dataset.sequences(("train", "valid"))
+    expected = {
+        "most_frequent": evaluate_tags(MostFrequentTags(dataset.catalog).fit(seen), cases, dataset.catalog),
+        "cooccurrence": evaluate_tags(CooccurrenceTags(dataset.catalog, window=3, decay=0.5).fit(seen), cases,
+                                      dataset.catalog),
+        "cooc-subset": evaluate_tags(CooccurrenceTags(dataset.catalog, window=3, decay=0.5).fit(seen),
+                                     seeded_subset(cases, 5, 0), dataset.catalog),
+    }
+    for label, metrics in expected.items():
+        assert rows[label]["metrics"] == pytest.approx(metrics), label
+    assert rows["most_frequent"]["users"] == 30 and rows["cooc-subset"]["users"] == 5
+    assert rows["most_frequent"]["metrics"]["skipped"] > 0  # targets of the untagged item
+    assert rows["cooc-subset"]["params"]["max_users"] == 5 and rows["cooccurrence"]["train_time_s"] >= 0
+    markdown = (tmp_path / "report" / "results.md").read_text()
+    table = markdown.split("## Interest-tag prediction", 1)[1]
+    assert "| model | F1@3 | P@3 | R@3 | AUC micro | AUC macro | users | train s | infer s | seed |" in table
+    assert f"| most_frequent | {expected['most_frequent']['f1@3']:.4f} |" in table
+    assert markdown.index("| pop |") < markdown.index("## Interest-tag prediction")
+    # The valid split: baselines learn from train only, and eval.max_users applies to tag rows too.
+    spec = BenchmarkModel(name="most_frequent")
+    row = run_tag_one(dataset, spec, 0, EvalConfig(split="valid", max_users=7, seed=3))
+    valid_cases = seeded_subset(dataset.eval_cases("valid"), 7, 3)
+    train_only = MostFrequentTags(dataset.catalog).fit(dataset.sequences(("train",)))
+    assert row["users"] == 7
+    assert row["metrics"] == pytest.approx(evaluate_tags(train_only, valid_cases, dataset.catalog))
+
+
+def test_no_tags_no_tag_table(tmp_path, data_dir):
+    config = load_config([write_config(tmp_path, data_dir)], ["models=[{name: pop}]"], schema=BenchmarkConfig)
+    report = run_benchmark(config, tmp_path / "report")
+    assert report["tags"] == [] and "Interest-tag" not in (tmp_path / "report" / "results.md").read_text()
+
+
+def test_tag_config_errors_name_the_problem(tmp_path, data_dir):
+    with pytest.raises(ConfigError, match=r"tags: unknown tag model\(s\) \['genre_oracle'\]; known: .*most_frequent"):
+        load_config([write_tag_config(tmp_path, data_dir, "  - {name: genre_oracle}\n")], schema=BenchmarkConfig)
+    with pytest.raises(ConfigError, match="tags: labels must be unique"):
+        load_config([write_tag_config(tmp_path, data_dir, "  - {name: most_frequent}\n  - {name: most_frequent}\n")],
+                    schema=BenchmarkConfig)
+    with pytest.raises(ConfigError, match="max_users must be a positive integer"):
+        load_config([write_tag_config(tmp_path, data_dir, "  - {name: most_frequent, params: {max_users: 0}}\n")],
+                    schema=BenchmarkConfig)
+    dataset = PreparedDataset.load(data_dir)
+    with pytest.raises(ConfigError, match="exactly one of run_dir"):
+        build_classifier(dataset, {}, 0, "test")
+    with pytest.raises(ConfigError, match="exactly one of run_dir"):
+        build_classifier(dataset, {"run_dir": "x", "config": ["y.yaml"]}, 0, "test")
+    with pytest.raises(ConfigError, match="cooccurrence.params"):
+        run_tag_one(dataset, BenchmarkModel(name="cooccurrence", params={"windw": 3}), 0, EvalConfig())
+
+
+class LastItemTags:
+    """A TagScorer: the tags of the user's last item, then the vocabulary order."""
+
+    def __init__(self, catalog: Catalog):
+        self.catalog = catalog
+        self.tags = list(TAGS)
+
+    def score_tags(self, histories):
+        import numpy as np
+
+        scores = np.zeros((len(histories), len(self.tags)))
+        for b, history in enumerate(histories):
+            for tag in self.catalog[history.items[-1]].categories:
+                scores[b, self.tags.index(tag)] = 1.0
+        return scores
+
+
+def test_a_tag_model_registered_at_run_time(tmp_path, data_dir):
+    calls = []
+
+    def build(dataset, params, seed, split):
+        calls.append((params, seed, split))
+        return LastItemTags(dataset.catalog)
+
+    register_tag_model("last_item", build)
+    try:
+        tags = "  - {name: last_item, params: {max_users: 12, note: x}, seeds: [4, 5]}\n"
+        config = load_config([write_tag_config(tmp_path, data_dir, tags)], schema=BenchmarkConfig)
+        report = run_benchmark(config, tmp_path / "report")
+    finally:
+        TAG_REGISTRY.pop("last_item")
+    assert calls == [({"note": "x"}, 4, "test"), ({"note": "x"}, 5, "test")]  # max_users is the benchmark's
+    dataset = PreparedDataset.load(data_dir)
+    expected = evaluate_tags(LastItemTags(dataset.catalog), seeded_subset(dataset.eval_cases("test"), 12, 0),
+                             dataset.catalog)
+    assert [row["seed"] for row in report["tags"]] == [4, 5]
+    assert all(row["metrics"] == pytest.approx(expected) and row["users"] == 12 for row in report["tags"])
+    assert report["tags_summary"][0]["seeds"] == [4, 5]
+    assert "| **last_item (mean ± std)** |" in (tmp_path / "report" / "results.md").read_text()
+    register_tag_model("not_a_scorer", lambda dataset, params, seed, split: object())
+    try:
+        with pytest.raises(TypeError, match="not a TagScorer"):
+            run_tag_one(dataset, BenchmarkModel(name="not_a_scorer"), 0, EvalConfig())
+    finally:
+        TAG_REGISTRY.pop("not_a_scorer")
+
+
+def test_tag_heads_train_load_and_score_as_entries(tmp_path, data_dir, tiny_tokenizer):
+    from tests.tiny import tiny_llama
+    from tests.unit.test_two_tower import save_tiny_encoder
+
+    encoder = save_tiny_encoder(tmp_path, tiny_tokenizer)
+    decoder = tmp_path / "tiny-llama"
+    tiny_llama(len(tiny_tokenizer), seed=3).save_pretrained(str(decoder))
+    tiny_tokenizer.save_pretrained(str(decoder))
+    recipe = tmp_path / "tags.yaml"
+    recipe.write_text(f"""# schema: llmrec.tags.classifier.TagsRunConfig
+model: {{name_or_path: {encoder}, dtype: fp32, attn_implementation: eager}}
+lora: {{r: 4, alpha: 8, dropout: 0.0}}
+train: {{output_dir: {tmp_path / 'ignored'}, batch_size: 8, max_steps: 2, mixed_precision: "no", log_every_steps: 1}}
+tags: {{max_user_tokens: 32, pairs_per_user: 2}}
+""", encoding="utf-8")
+    tags = f"""  - name: tag_classifier
+    params: {{config: [{recipe}], overrides: [train.learning_rate=0.01], output_dir: {tmp_path / 'tag-run'}}}
+  - {{name: decoder_tags, params: {{model: {decoder}, history_items: 3, max_users: 4}}}}
+"""
+    config = load_config([write_tag_config(tmp_path, data_dir, tags)], schema=BenchmarkConfig)
+    report = run_benchmark(config, tmp_path / "report")
+    trained, decoded = report["tags"]
+    assert (tmp_path / "tag-run" / "run.json").is_file() and not (tmp_path / "ignored").exists()
+    assert trained["users"] == 30 and 0.0 <= trained["metrics"]["auc_micro"] <= 1.0
+    assert decoded["users"] == 4 and decoded["train_time_s"] == 0.0 and decoded["metrics"]["f1@3"] >= 0.0
+    # Loading the run the benchmark trained scores the same users the same way.
+    dataset = PreparedDataset.load(data_dir)
+    loaded = run_tag_one(dataset, BenchmarkModel(name="tag_classifier", params={"run_dir": str(tmp_path / "tag-run")}),
+                         0, EvalConfig())
+    assert loaded["metrics"] == pytest.approx(trained["metrics"])

@@ -55,12 +55,21 @@ def check_list(rec: Recommender, recs: list, k: int, seen: set[int]) -> None:
     assert scores == sorted(scores, reverse=True)
 
 
-def test_decoder_run_is_a_top_k_ranker_with_its_adapter(decoder: Recommender):
+def test_decoder_run_is_a_top_k_ranker_with_its_adapter_merged(decoder: Recommender, decoder_run: Path):
     from peft import PeftModel
+
+    from llmrec.run_loading import load_decoder_model, read_run_config, read_run_info
 
     assert isinstance(decoder, RankingRecommender) and not isinstance(decoder, ScoringRecommender)
     assert isinstance(decoder, TopKRanker) and not isinstance(decoder, CatalogScorer)
-    assert isinstance(decoder.run.model, PeftModel) and decoder.method == "beam"
+    assert not isinstance(decoder.run.model, PeftModel) and decoder.method == "beam"  # adapter folded in
+    info = read_run_info(decoder_run)
+    unmerged, _ = load_decoder_model(info, read_run_config(decoder_run), torch.device("cpu"), merge=False)
+    assert isinstance(unmerged, PeftModel)
+    ids = torch.tensor([[5, 9, 17, 3, 44, 8]])
+    with torch.no_grad():
+        torch.testing.assert_close(decoder.run.model(input_ids=ids).logits, unmerged(input_ids=ids).logits,
+                                   rtol=1e-4, atol=1e-4)
 
 
 def test_recommend_for_a_known_user_excludes_their_history(decoder: Recommender):

@@ -100,3 +100,34 @@ def test_eval_hook_and_early_stopping(tmp_path: Path, tiny_tokenizer) -> None:
     assert [e["NDCG@10"] for e in result.metrics["evals"]] == [0.30, 0.25, 0.20]
     assert all("valid_loss" in e for e in result.metrics["evals"])
     assert result.global_step == 3 * 2  # 8 examples / batch 4 = 2 steps per epoch
+
+
+def test_bf16_base_trains_with_fp32_adapters_under_cpu_autocast(tmp_path: Path, tiny_tokenizer) -> None:
+    import dataclasses
+
+    from llmrec.training import loop
+
+    cfg = tiny_run_config(tmp_path, save_tokenizer(tiny_tokenizer, tmp_path), max_steps=12, learning_rate=1e-2,
+                          warmup_ratio=0.0, lr_scheduler="constant", mixed_precision="auto")
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, dtype="bf16"))
+    set_seed(0)
+    model, tokenizer = build_model(cfg.model, cfg.lora)
+    wrapped: list[bool] = []
+    original = loop.compute_dtype_loss
+
+    def spy(loss_fn, model, accelerator, requested):  # type: ignore[no-untyped-def]
+        out = original(loss_fn, model, accelerator, requested)
+        wrapped.append(out is not loss_fn)
+        return out
+
+    loop.compute_dtype_loss = spy
+    try:
+        data = TrainData(train=fixed_examples(tokenizer, 4), collate=pad_right)
+        result = train(cfg, "pytest", model=model, tokenizer=tokenizer, data=data, device="cpu")
+    finally:
+        loop.compute_dtype_loss = original
+    assert wrapped == [True], "a bf16 base on the CPU trains its fp32 adapters under bf16 autocast"
+    adapters = [p for n, p in model.named_parameters() if "lora_" in n]
+    assert adapters and all(p.dtype == torch.float32 for p in adapters)
+    losses = [h["loss"] for h in result.history]
+    assert losses[-1] < losses[0] - 0.3, losses
