@@ -26,7 +26,7 @@ from llmrec.training.loss import adapters_follow_autocast, causal_lm_loss_on_lab
 from llmrec.training.speed import configure_threads
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> float:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", "-c", action="append", required=True)
     parser.add_argument("--batch", type=int, default=8)
@@ -37,18 +37,19 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="print the top ops of one more step")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model first")
     parser.add_argument("overrides", nargs="*")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
     configure_threads(args.threads)
     model, _ = build_model(cfg.model, cfg.lora)
     model.train()
     bf16_base = any(p.dtype == torch.bfloat16 and not p.requires_grad for p in model.parameters())
     loss_fn = adapters_follow_autocast(causal_lm_loss_on_labels, "cpu") if bf16_base else causal_lm_loss_on_labels
-    if args.compile:
-        model = torch.compile(model, dynamic=False)
-    ids = torch.randint(100, 40000, (args.batch, args.seq_len), generator=torch.Generator().manual_seed(0))
+    vocab = model.get_input_embeddings().weight.shape[0]
+    ids = torch.randint(0, vocab, (args.batch, args.seq_len), generator=torch.Generator().manual_seed(0))  # (B, T)
     batch = {"input_ids": ids, "labels": ids.clone(), "attention_mask": torch.ones_like(ids)}
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    if args.compile:
+        model = torch.compile(model, dynamic=False)
 
     def step() -> None:
         loss_fn(model, batch).backward()
@@ -68,6 +69,7 @@ def main() -> None:
         with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
             step()
         print(prof.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=15))
+    return seconds
 
 
 if __name__ == "__main__":
