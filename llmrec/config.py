@@ -108,6 +108,7 @@ class TrainConfig:
     eval_every_epoch: bool = True  # validation ranking after each epoch
     eval_max_users: int | None = None  # validate on a seeded subset of users (None = all)
     early_stopping_patience: int = 2  # epochs without NDCG@10 gain before stopping (0 = off)
+    restore_best: bool = True  # save the weights of the best validation epoch, not the last one
     log_every_steps: int = 10  # loss / tokens-per-second logging interval
     num_workers: int = 0  # dataloader workers
     seed: int = 42  # seeds data order, init and dropout

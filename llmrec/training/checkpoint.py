@@ -26,6 +26,7 @@ from llmrec.io import write_json
 CHECKPOINT_PREFIX = "step-"
 STATE_FILE = "trainer_state.json"
 TRAINABLE_FILE = "trainable.safetensors"
+BEST_FILE = "best-trainable.safetensors"  # RUN/checkpoints/: trainable weights of the best validation epoch
 
 
 @dataclass
@@ -39,6 +40,7 @@ class TrainerState:
     history: list[dict[str, float]] = field(default_factory=list)  # per-log-step loss, lr, tokens/s
     evals: list[dict[str, float]] = field(default_factory=list)  # per-epoch validation results
     best_metric: float | None = None  # best early-stopping metric so far
+    best_step: int | None = None  # global step at which ``best_metric`` was reached
     epochs_without_improvement: int = 0  # epochs since ``best_metric`` improved
 
     @classmethod
@@ -135,3 +137,38 @@ def load_checkpoint(accelerator: Accelerator, path: Path) -> TrainerState:
     """Restore model, optimizer, scheduler and RNG states from ``path``; return the loop counters."""
     accelerator.load_state(str(path))
     return TrainerState.load(path / STATE_FILE)
+
+
+def save_best_trainable(accelerator: Accelerator, model: torch.nn.Module, checkpoint_root: Path) -> bool:
+    """Store the trainable weights as the best epoch's (``RUN/checkpoints/best-trainable.safetensors``).
+
+    Written to a temporary file and renamed. Returns False (nothing written) where Accelerate owns
+    the parameter layout (FSDP / DeepSpeed shards), where the weights are not whole on one process.
+    """
+    if not _stores_trainable_only(accelerator):
+        return False
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        inner = accelerator.unwrap_model(model)
+        state = {n: p.detach().cpu().contiguous() for n, p in inner.named_parameters() if p.requires_grad}
+        checkpoint_root.mkdir(parents=True, exist_ok=True)
+        tmp = checkpoint_root / f".{BEST_FILE}.tmp"
+        save_file(state, str(tmp))
+        os.replace(tmp, checkpoint_root / BEST_FILE)
+    accelerator.wait_for_everyone()
+    return True
+
+
+def restore_best_trainable(accelerator: Accelerator, model: torch.nn.Module, checkpoint_root: Path) -> bool:
+    """Load the best epoch's trainable weights back into ``model`` on every process (False if none saved)."""
+    path = checkpoint_root / BEST_FILE
+    if not _stores_trainable_only(accelerator) or not path.is_file():
+        return False
+    inner = accelerator.unwrap_model(model)
+    state = load_file(str(path))
+    wanted = {n for n, p in inner.named_parameters() if p.requires_grad}
+    if wanted - set(state):
+        raise RuntimeError(f"{path}: lacks trainable tensors {sorted(wanted - set(state))[:5]}")
+    inner.load_state_dict(state, strict=False)
+    accelerator.wait_for_everyone()
+    return True

@@ -302,14 +302,19 @@ def update_early_stopping(state: ckpt.TrainerState, results: Mapping[str, float]
 
 def save_outputs(accelerator: Accelerator, model: torch.nn.Module, tokenizer: Any, run_dir: Path,
                  run_cfg: RunConfig, state: ckpt.TrainerState, info: Mapping[str, Any],
-                 stopped_early: bool) -> dict[str, Any]:
-    """Write adapter, tokenizer, prompts, metrics, curve and run.json; mark the run complete."""
+                 stopped_early: bool, weights_step: int | None = None) -> dict[str, Any]:
+    """Write adapter, tokenizer, prompts, metrics, curve and run.json; mark the run complete.
+
+    ``weights_step``: the step whose weights are saved (the best validation epoch's when the
+    loop restored them; default the last step), recorded in ``metrics.json``.
+    """
     accelerator.wait_for_everyone()
     inner = accelerator.unwrap_model(model)
     final_loss = state.history[-1]["loss"] if state.history else float("nan")
     metrics: dict[str, Any] = {"global_step": state.global_step, "final_train_loss": final_loss,
                                "tokens_seen": state.tokens_seen, "stopped_early": stopped_early,
-                               "evals": state.evals}
+                               "weights_step": weights_step if weights_step is not None else state.global_step,
+                               "best_step": state.best_step, "evals": state.evals}
     if state.evals:
         metrics["final_eval"] = state.evals[-1]
     if accelerator.is_main_process:
@@ -410,8 +415,11 @@ def train(
     state = _restore(accelerator, run_dir, resume)
     result = _run_epochs(accelerator, model, tokenizer, train_loader, valid_loader, optimizer, scheduler,
                          state, run_cfg, loss_fn, eval_fn, total_steps)
+    restored = train_cfg.restore_best and state.best_step is not None and ckpt.restore_best_trainable(
+        accelerator, model, run_dir / "checkpoints")
     metrics = save_outputs(accelerator, model, tokenizer, run_dir, run_cfg, state,
-                           _run_info(run_cfg, accelerator.unwrap_model(model), data), result)
+                           _run_info(run_cfg, accelerator.unwrap_model(model), data), result,
+                           state.best_step if restored else state.global_step)
     accelerator.end_training()
     return TrainResult(run_dir, state.global_step, metrics["final_train_loss"], metrics, state.history, result)
 
@@ -456,7 +464,12 @@ def _run_epochs(accelerator: Accelerator, model: torch.nn.Module, tokenizer: Any
         if train_cfg.eval_every_epoch and (valid_loader is not None or eval_fn is not None):
             results = evaluate(accelerator, model, tokenizer, valid_loader, eval_fn, loss_fn, state.global_step)
             state.evals.append(results)
+            best_before = state.best_metric
             stopped_early = update_early_stopping(state, results, train_cfg.early_stopping_patience)
+            if state.best_metric is not None and state.best_metric != best_before:
+                state.best_step = state.global_step
+                if train_cfg.restore_best:
+                    ckpt.save_best_trainable(accelerator, model, checkpoints)
         if not reached_max:
             state.epoch, state.batches_done = state.epoch + 1, 0
         ckpt.save_checkpoint(accelerator, checkpoints, state, train_cfg.keep_checkpoints)

@@ -9,6 +9,7 @@ import pytest
 import torch
 from accelerate.utils import set_seed
 from peft import PeftModel
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from llmrec.config import ModelConfig
@@ -88,9 +89,11 @@ def test_eval_hook_and_early_stopping(tmp_path: Path, tiny_tokenizer) -> None:
     model, tokenizer = build_model(cfg.model, cfg.lora)
     scores = iter([0.30, 0.25, 0.20, 0.50, 0.60, 0.70])
     calls = []
+    snapshots: list[dict[str, torch.Tensor]] = []
 
     def eval_fn(m, tok):
         calls.append((m.training, tok is tokenizer))
+        snapshots.append({n: p.detach().clone() for n, p in m.named_parameters() if p.requires_grad})
         return {"NDCG@10": next(scores), "hr@10": 0.1}
 
     result = train(cfg, "pytest", model=model, tokenizer=tokenizer, data=tiny_data(tokenizer, 8, valid=4),
@@ -100,6 +103,14 @@ def test_eval_hook_and_early_stopping(tmp_path: Path, tiny_tokenizer) -> None:
     assert [e["NDCG@10"] for e in result.metrics["evals"]] == [0.30, 0.25, 0.20]
     assert all("valid_loss" in e for e in result.metrics["evals"])
     assert result.global_step == 3 * 2  # 8 examples / batch 4 = 2 steps per epoch
+    # the saved weights are the best epoch's (epoch 1, step 2), not the last epoch's
+    assert result.metrics["best_step"] == 2 and result.metrics["weights_step"] == 2
+    final = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+    assert all(torch.equal(final[n], t) for n, t in snapshots[0].items())
+    assert not all(torch.equal(final[n], t) for n, t in snapshots[-1].items())
+    saved = load_file(str(result.run_dir / "adapter" / "adapter_model.safetensors"))
+    lora_a = next(n for n in snapshots[0] if "lora_A" in n)
+    assert any(torch.equal(v, snapshots[0][lora_a]) for v in saved.values())
 
 
 def test_bf16_base_trains_with_fp32_adapters_under_cpu_autocast(tmp_path: Path, tiny_tokenizer) -> None:
