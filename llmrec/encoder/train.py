@@ -25,7 +25,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 import llmrec
@@ -43,6 +42,7 @@ from llmrec.encoder.two_tower import (
     item_document,
 )
 from llmrec.io import atomic_dir, write_json
+from llmrec.training.run_dir import package_versions
 
 
 @dataclass
@@ -352,7 +352,7 @@ def save_run(
             ItemEmbeddingCache(tmp / "item_embeddings").put(item_matrix[0], item_matrix[1])
         (tmp / "config.yaml").write_text(dump_yaml(cfg), encoding="utf-8")
         (tmp / "command.txt").write_text((command or " ".join(sys.argv)) + "\n", encoding="utf-8")
-        write_json(tmp / "versions.json", _versions())
+        write_json(tmp / "versions.json", package_versions())
         write_json(tmp / "run.json", run_info(cfg, dataset))
         model.encoder.save_pretrained(str(tmp / "adapter"))  # type: ignore[operator]
         tokenizer.save_pretrained(tmp / "tokenizer")
@@ -364,17 +364,24 @@ def save_run(
         plot_curve(history, tmp / "train_curve.png")
 
 
-def run_info(cfg: EncoderRunConfig, dataset: PreparedDataset) -> dict[str, Any]:
-    """The ``run.json`` of an encoder run (what :meth:`TwoTowerRecommender.load` reads)."""
+def encoder_run_header(cfg: RunConfig, dataset: PreparedDataset, task: str) -> dict[str, Any]:
+    """The fields every encoder run's ``run.json`` starts with (two-tower and tag runs alike)."""
     return {
         "kind": "encoder",
-        "task": "two_tower",
+        "task": task,
         "base_model": cfg.model.name_or_path,
         "dataset_dir": str(Path(dataset.root).resolve()),
         "catalog_fingerprint": dataset.fingerprint,
         "seed": cfg.train.seed,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "llmrec_version": getattr(llmrec, "__version__", "0"),
+    }
+
+
+def run_info(cfg: EncoderRunConfig, dataset: PreparedDataset) -> dict[str, Any]:
+    """The ``run.json`` of an encoder run (what :meth:`TwoTowerRecommender.load` reads)."""
+    return {
+        **encoder_run_header(cfg, dataset, "two_tower"),
         "two_tower": {
             "item_tower": cfg.encoder.item_tower,
             "max_user_tokens": cfg.encoder.max_user_tokens,
@@ -383,17 +390,6 @@ def run_info(cfg: EncoderRunConfig, dataset: PreparedDataset) -> dict[str, Any]:
         },
     }
 
-
-def _versions() -> dict[str, str]:
-    import accelerate
-    import peft
-    import transformers
-
-    return {
-        "python": sys.version.split()[0], "torch": torch.__version__, "transformers": transformers.__version__,
-        "peft": peft.__version__, "accelerate": accelerate.__version__, "numpy": np.__version__,
-        "llmrec": getattr(llmrec, "__version__", "0"),
-    }
 
 
 def plot_curve(history: list[dict[str, float]], path: Path) -> None:

@@ -20,14 +20,12 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-import llmrec
 from llmrec.config import RunConfig, dump_yaml
 from llmrec.data.dataset import PreparedDataset
 from llmrec.data.schema import Catalog, UserSequence
@@ -250,24 +248,18 @@ def _save_tags_run(
     out_dir: Path, cfg: TagsRunConfig, dataset: PreparedDataset, model: Any, tokenizer: Any, tags: list[str],
     history: list[dict[str, float]], command: str | None, overwrite: bool,
 ) -> None:
-    from llmrec.encoder.train import _versions
+    from llmrec.encoder.train import encoder_run_header
+    from llmrec.training.run_dir import package_versions
 
     info = {
-        "kind": "encoder",
-        "task": "tags",
-        "base_model": cfg.model.name_or_path,
-        "dataset_dir": str(Path(dataset.root).resolve()),
-        "catalog_fingerprint": dataset.fingerprint,
-        "seed": cfg.train.seed,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "llmrec_version": getattr(llmrec, "__version__", "0"),
+        **encoder_run_header(cfg, dataset, "tags"),
         "tags": tags,
         "classifier": {"max_user_tokens": cfg.tags.max_user_tokens, "text": vars(text_spec(cfg)), "problem_type": PROBLEM_TYPE},
     }
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         (tmp / "config.yaml").write_text(dump_yaml(cfg), encoding="utf-8")
         (tmp / "command.txt").write_text((command or " ".join(sys.argv)) + "\n", encoding="utf-8")
-        write_json(tmp / "versions.json", _versions())
+        write_json(tmp / "versions.json", package_versions())
         write_json(tmp / "run.json", info)
         model.save_pretrained(tmp / "adapter")
         tokenizer.save_pretrained(tmp / "tokenizer")
