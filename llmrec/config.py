@@ -88,7 +88,7 @@ class LoraConfig:
 @dataclass
 class TrainConfig:
     output_dir: str = "runs/smollm2-lora"  # run directory
-    format: str = "item_span"  # item_span (whole history, loss on item spans) | prompt_completion
+    format: str = "item_span"  # item_span (whole history, loss on item spans) | prompt_completion | interest_tags (tag head)
     epochs: int = 1  # passes over the training examples
     max_steps: int = -1  # stop after this many optimizer steps (-1 = epochs decide)
     batch_size: int = 8  # examples per device per micro-batch
@@ -166,7 +166,10 @@ class RunConfig:
             (self.data.short_users in ("train", "drop"), "data.short_users must be train or drop"),
             (self.data.timestamp_unit in ("s", "ms"), "data.timestamp_unit must be s or ms"),
             (self.data.k_core >= 0, "data.k_core must be >= 0"),
-            (self.train.format in ("item_span", "prompt_completion"), "train.format must be item_span or prompt_completion"),
+            (self.train.format in ("item_span", "prompt_completion", "interest_tags"),
+             "train.format must be item_span, prompt_completion or interest_tags"),
+            (self.train.format != "interest_tags" or self.prompt.template == "interest_tags",
+             "train.format interest_tags needs prompt.template: interest_tags"),
             (self.prompt.chat_format in ("plain", "chat", "auto"), "prompt.chat_format must be plain, chat or auto"),
             (self.prompt.max_history_items >= 0 and self.prompt.max_history_tokens >= 0, "prompt.max_history_items/tokens must be >= 0"),
             (self.model.kind in ("auto", "decoder", "encoder"), "model.kind must be auto, decoder or encoder"),

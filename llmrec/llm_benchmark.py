@@ -185,8 +185,19 @@ def train_run(run_cfg: RunConfig, dataset: PreparedDataset, params: LLMParams) -
     result = train(run_cfg, command=f"llmrec benchmark (llm, seed {run_cfg.train.seed})", eval_fn=eval_fn,
                    device=params.device)
     seconds = time.perf_counter() - started
-    write_json(result.run_dir / TRAIN_TIME_FILE, {"train_time_s": round(seconds, 2), "global_step": result.global_step})
+    record_train_time(result.run_dir, seconds, result.global_step)
     return result.run_dir, seconds
+
+
+def record_train_time(run_dir: Path, seconds: float, global_step: int) -> None:
+    """Write the wall time of a run trained by the benchmark into ``RUN/benchmark_train.json``."""
+    write_json(run_dir / TRAIN_TIME_FILE, {"train_time_s": round(seconds, 2), "global_step": global_step})
+
+
+def recorded_train_time(run_dir: Path) -> float | None:
+    """The wall time :func:`record_train_time` wrote for ``run_dir`` (None: not trained by a benchmark)."""
+    path = run_dir / TRAIN_TIME_FILE
+    return float(json.loads(path.read_text(encoding="utf-8"))["train_time_s"]) if path.is_file() else None
 
 
 def load_ranker(run_dir: Path, dataset: PreparedDataset, params: LLMParams, train_time_s: float | None) -> LLMRanker:
@@ -204,8 +215,8 @@ def load_ranker(run_dir: Path, dataset: PreparedDataset, params: LLMParams, trai
         inner.num_beams = params.num_beams
     if params.batch_size is not None and hasattr(inner, "batch_size"):
         inner.batch_size = params.batch_size
-    if train_time_s is None and (run_dir / TRAIN_TIME_FILE).is_file():
-        train_time_s = float(json.loads((run_dir / TRAIN_TIME_FILE).read_text(encoding="utf-8"))["train_time_s"])
+    if train_time_s is None:
+        train_time_s = recorded_train_time(run_dir)
     cls = LLMScorer if params.scoring == "full_catalog" else LLMRanker
     return cls(recommender, train_time_s, run_dir, best_validation(run_dir))
 

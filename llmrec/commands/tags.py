@@ -25,33 +25,20 @@ def load_tag_scorer(run: Path, device: str = "cpu") -> tuple[Any, Any]:
     Raises:
         FileNotFoundError / ValueError: not a run directory, or a run of another task.
     """
-    from llmrec.run_loading import load_decoder_model, open_dataset, read_run_config, read_run_info
+    from llmrec.run_loading import open_dataset, read_run_info
 
     info = read_run_info(run)
-    dataset = open_dataset(info)
     if info.kind == "encoder":
         from llmrec.tags.classifier import TagClassifier
 
+        dataset = open_dataset(info)
         if info.raw.get("task") != "tags":
             raise ValueError(f"{run / 'run.json'}: an encoder run of task {info.raw.get('task')!r} has no tag head; "
                              "train one with scripts/train_tags.py")
         return TagClassifier.load(run, catalog=dataset.catalog, device=device), dataset
-    import torch
+    from llmrec.tags.generate import load_run_tag_scorer
 
-    from llmrec.prompts import load_template_file
-    from llmrec.tags.generate import DecoderTagScorer
-
-    config = read_run_config(run)
-    model, tokenizer = load_decoder_model(info, config, torch.device(device))
-    saved = run / "prompts" / "interest_tags.jinja"
-    if saved.is_file():
-        template = load_template_file(saved)
-    else:
-        from llmrec.prompts import load_template
-
-        template = load_template("interest_tags")
-    prompt_cfg = config.prompt
-    return DecoderTagScorer(model, tokenizer, dataset.catalog, template, prompt_cfg), dataset
+    return load_run_tag_scorer(run, device)
 
 
 def register(app: typer.Typer) -> None:

@@ -22,8 +22,11 @@ Benchmark YAML (``configs/ml100k/benchmark-tags.yaml``)::
         params:
           config: [configs/ml100k/tags.yaml]   # train one, or run_dir: runs/minilm-tags to load one
           overrides: [tags.max_train_seconds=300]
-      - name: decoder_tags
+      - name: decoder_tags                        # zero-shot base decoder
         params: {model: smollm2-135m-instruct, max_users: 100}
+      - name: decoder_tags                        # fine-tuned on the interest_tags prompt first
+        label: smollm2-tags
+        params: {config: [configs/ml100k/smollm2-tags.yaml]}   # or run_dir: runs/ml100k-smollm2-tags
 
 Launch: ``llmrec benchmark --config configs/ml100k/benchmark-tags.yaml``
 """
@@ -144,25 +147,73 @@ def build_classifier(dataset: PreparedDataset, params: dict[str, Any], seed: int
 
 @dataclass
 class DecoderParams:
-    """The ``params`` of a ``decoder_tags`` entry (a base decoder, no adapter)."""
+    """The ``params`` of a ``decoder_tags`` entry: a base decoder read zero-shot, or a fine-tuned run.
 
-    model: str = "smollm2-135m-instruct"  # asset name, local directory or hub id
-    prompt: dict[str, Any] = field(default_factory=dict)  # PromptConfig fields over DECODER_PROMPT
-    num_tags: int = 3  # tags the prompt asks for
-    history_items: int = 10  # most recent history items in the prompt
+    With ``run_dir`` (load) or ``config`` (fine-tune with ``train.format: interest_tags`` first, as
+    ``configs/ml100k/smollm2-tags.yaml``), the run's own prompt settings apply and ``model``,
+    ``prompt`` and ``history_items`` are not used.
+    """
+
+    model: str = "smollm2-135m-instruct"  # zero-shot: asset name, local directory or hub id
+    prompt: dict[str, Any] = field(default_factory=dict)  # zero-shot: PromptConfig fields over DECODER_PROMPT
+    num_tags: int = 3  # zero-shot: tags the prompt asks for
+    history_items: int = 10  # zero-shot: most recent history items in the prompt
+    run_dir: str | None = None  # load this finished decoder run (no training)
+    config: list[str] = field(default_factory=list)  # or fine-tune one from these RunConfig YAML file(s)
+    overrides: list[str] = field(default_factory=list)  # key.sub=value overrides of config
+    output_dir: str | None = None  # where a fine-tuned run goes (default: the config's train.output_dir + -seed<N>)
     length_normalize: bool = False  # rank tags by mean instead of summed token log-probability
     device: str = "cpu"  # torch device
 
 
+def train_decoder_tags_run(params: DecoderParams, dataset: PreparedDataset, seed: int) -> tuple[Path, float]:
+    """Fine-tune per ``params.config`` with the benchmark's dataset and seed; returns (run dir, seconds)."""
+    from llmrec.config import RunConfig
+    from llmrec.llm_benchmark import record_train_time
+    from llmrec.training.loop import train
+
+    base: RunConfig = load_config(params.config, params.overrides)
+    if base.train.format != "interest_tags":
+        raise ConfigError(f"tags: decoder_tags.params.config: train.format is {base.train.format!r}, not interest_tags")
+    output_dir = params.output_dir or f"{base.train.output_dir}-seed{seed}"
+    forced = [f"data.prepared_dir={dataset.root}", f"train.seed={seed}", f"train.output_dir={output_dir}"]
+    cfg: RunConfig = load_config(params.config, [*params.overrides, *forced])
+    started = time.perf_counter()
+    result = train(cfg, command=f"llmrec benchmark (decoder_tags, seed {seed})", device=params.device)
+    seconds = time.perf_counter() - started
+    record_train_time(result.run_dir, seconds, result.global_step)
+    return result.run_dir, seconds
+
+
 def build_decoder(dataset: PreparedDataset, params: dict[str, Any], seed: int, split: str) -> TagScorer:
-    """Entry ``decoder_tags``: exact likelihood of every tag as the first answer (no training)."""
-    from llmrec.tags.generate import load_decoder_tag_scorer
+    """Entry ``decoder_tags``: exact likelihood of every tag as the first answer of the ``interest_tags`` prompt.
+
+    Raises:
+        ConfigError: both ``run_dir`` and ``config``, or an unknown parameter.
+        ValueError: the run was trained on another dataset than the benchmark's.
+    """
+    from llmrec.llm_benchmark import recorded_train_time
+    from llmrec.tags.generate import load_decoder_tag_scorer, load_run_tag_scorer
 
     parsed = from_dict(DecoderParams, params, "tags: decoder_tags.params")
-    prompt = from_dict(PromptConfig, {**DECODER_PROMPT, **parsed.prompt}, "tags: decoder_tags.params.prompt")
-    scorer = load_decoder_tag_scorer(parsed.model, dataset.catalog, prompt, prompt.template, parsed.num_tags,
-                                     parsed.history_items, parsed.length_normalize, parsed.device)
-    return TimedTagScorer(scorer, 0.0)  # nothing is trained: loading is not training
+    if parsed.run_dir is not None and parsed.config:
+        raise ConfigError("tags: decoder_tags.params: give at most one of run_dir (load a run) and config (fine-tune one)")
+    if parsed.run_dir is None and not parsed.config:
+        prompt = from_dict(PromptConfig, {**DECODER_PROMPT, **parsed.prompt}, "tags: decoder_tags.params.prompt")
+        scorer = load_decoder_tag_scorer(parsed.model, dataset.catalog, prompt, prompt.template, parsed.num_tags,
+                                         parsed.history_items, parsed.length_normalize, parsed.device)
+        return TimedTagScorer(scorer, 0.0)  # nothing is trained: loading is not training
+    if parsed.run_dir is not None:
+        run_dir = Path(parsed.run_dir)
+        seconds = recorded_train_time(run_dir)
+        log.info("decoder_tags: loading run %s (no training)", run_dir)
+    else:
+        run_dir, seconds = train_decoder_tags_run(parsed, dataset, seed)
+    run_scorer, run_dataset = load_run_tag_scorer(run_dir, parsed.device, parsed.length_normalize)
+    if run_dataset.fingerprint != dataset.fingerprint:
+        raise ValueError(f"run {run_dir} was trained on another dataset (catalog {run_dataset.fingerprint[:12]}) than "
+                         f"the benchmark's {dataset.root} (catalog {dataset.fingerprint[:12]})")
+    return TimedTagScorer(run_scorer, seconds)
 
 
 def run_tag_one(dataset: PreparedDataset, spec: BenchmarkModel, seed: int, eval_cfg: EvalConfig) -> dict[str, Any]:

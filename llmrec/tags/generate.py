@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,6 +30,7 @@ from llmrec.serialize import chat_frame, history_item, prompt_adds_special_token
 from llmrec.tags.baselines import FloatArray
 
 TAG_END = ","  # written after every tag in an answer
+TAG_PROMPT_NUM_TAGS = 3  # the number of tags the prompt asks for (tag fine-tuning renders the same prompt)
 
 
 def tag_prompt(
@@ -169,7 +171,7 @@ class DecoderTagScorer:
 
     def __init__(
         self, model: Any, tokenizer: Any, catalog: Catalog, template: PromptTemplate, cfg: PromptConfig,
-        tags: Sequence[str] | None = None, num_tags: int = 3, max_items: int = 10, length_normalize: bool = False,
+        tags: Sequence[str] | None = None, num_tags: int = TAG_PROMPT_NUM_TAGS, max_items: int = 10, length_normalize: bool = False,
     ):
         self.model = model
         self.tokenizer = tokenizer
@@ -196,7 +198,7 @@ class DecoderTagScorer:
 
 
 def load_decoder_tag_scorer(
-    name: str, catalog: Catalog, prompt: PromptConfig, template: str = "interest_tags", num_tags: int = 3,
+    name: str, catalog: Catalog, prompt: PromptConfig, template: str = "interest_tags", num_tags: int = TAG_PROMPT_NUM_TAGS,
     max_items: int = 10, length_normalize: bool = False, device: str = "cpu",
 ) -> DecoderTagScorer:
     """A base decoder (no adapter, fp32) scoring tags through the ``template`` prompt.
@@ -219,3 +221,27 @@ def load_decoder_tag_scorer(
                                    task="causal_lm", device=device)
     return DecoderTagScorer(model, tokenizer, catalog, load_template(template, prompt.prompts_dir), prompt,
                             num_tags=num_tags, max_items=max_items, length_normalize=length_normalize)
+
+
+def load_run_tag_scorer(run_dir: str | Path, device: str = "cpu", length_normalize: bool = False) -> tuple[DecoderTagScorer, Any]:
+    """``(scorer, dataset)`` of a decoder run: its merged weights, saved ``interest_tags`` template and prompt.
+
+    A run fine-tuned with ``train.format: interest_tags`` renders exactly the prompts it was trained
+    on (``prompt.max_history_items`` history items); any other decoder run is read zero-shot.
+    """
+    from llmrec.prompts import load_template, load_template_file
+    from llmrec.run_loading import load_decoder_model, open_dataset, read_run_config, read_run_info
+
+    run = Path(run_dir)
+    info = read_run_info(run)
+    if info.kind != "decoder":
+        raise ValueError(f"{run / 'run.json'}: a {info.kind} run, not a decoder run")
+    config = read_run_config(run)
+    dataset = open_dataset(info)
+    model, tokenizer = load_decoder_model(info, config, torch.device(device))
+    saved = run / "prompts" / "interest_tags.jinja"
+    template = load_template_file(saved) if saved.is_file() else load_template("interest_tags", config.prompt.prompts_dir)
+    max_items = config.prompt.max_history_items if config.train.format == "interest_tags" else 10
+    scorer = DecoderTagScorer(model, tokenizer, dataset.catalog, template, config.prompt, max_items=max_items,
+                              length_normalize=length_normalize)
+    return scorer, dataset

@@ -3,7 +3,7 @@
 Columns: ``input_ids`` (list[int]), ``labels`` (list[int], -100 where there is no loss; labels are
 *not* shifted, the model shifts them), ``user_id`` (str), ``num_targets`` (items with loss).
 
-Two formats (``fmt``):
+Three formats (``fmt``):
 
 * ``prompt_completion``: one example per target position ``t`` of a user's training sequence
   (``t >= 1``; with ``prompt.max_examples_per_user = N > 0`` only the last N), the prompt is the
@@ -17,6 +17,8 @@ Two formats (``fmt``):
   Consecutive windows overlap by one item: window ``[a, b)`` is followed by ``[a', a + 1)``, so
   every event but the user's first gets a loss exactly once, always with at least one item of
   context. ``prompt.max_examples_per_user = N > 0`` keeps the N most recent windows.
+* ``interest_tags``: the ``interest_tags`` prompt before position ``t`` and the categories of item
+  ``t`` as the answer (:mod:`llmrec.tags.finetune`), to fine-tune the decoder tag head.
 
 Only the ``train`` split is read (``dataset.sequences(("train",))``); a check that the events used
 are exactly the train rows guards against validation/test targets leaking into training.
@@ -38,7 +40,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import datasets
 
@@ -57,7 +59,10 @@ from llmrec.serialize import (
     uses_chat,
 )
 
-EXAMPLE_FORMATS = ("item_span", "prompt_completion")
+if TYPE_CHECKING:
+    from llmrec.tags.finetune import TagExampleBuilder
+
+EXAMPLE_FORMATS = ("item_span", "prompt_completion", "interest_tags")
 IGNORE_INDEX = -100  # label of tokens without loss (the value transformers' loss ignores)
 EXAMPLES_VERSION = 1  # bump when the example layout changes, so old caches are not reused
 FEATURES = datasets.Features(
@@ -125,6 +130,13 @@ class ExampleBuilder:
     """Turns training sequences into examples of one format (plain arguments, no I/O)."""
 
     def __init__(self, dataset: PreparedDataset, template: PromptTemplate, tokenizer: Any, cfg: PromptConfig, max_seq_len: int, fmt: str):
+        self.tag_builder: TagExampleBuilder | None = None
+        if fmt == "interest_tags":
+            from llmrec.tags.finetune import TagExampleBuilder
+
+            self.tag_builder = TagExampleBuilder(dataset.catalog, template, tokenizer, cfg, max_seq_len)
+            self.fmt, self.tokenizer = fmt, tokenizer
+            return
         if not template.is_sequence:
             raise PromptError(f"template {template.name} ({template.path}) cannot build training examples: it is not a sequence template")
         self.catalog = dataset.catalog
@@ -162,6 +174,8 @@ class ExampleBuilder:
         return datasets.concatenate_datasets(chunks) if len(chunks) > 1 else chunks[0]
 
     def examples(self, sequence: UserSequence) -> Iterator[Example]:
+        if self.tag_builder is not None:  # whole-prompt tokenization: nothing piecewise to check
+            return (Example(ids, labels, user, n) for ids, labels, user, n, _ in self.tag_builder.examples(sequence))
         if self.fmt == "prompt_completion":
             return self.prompt_completion(sequence)
         return self.item_span(sequence)
@@ -213,7 +227,7 @@ class ExampleBuilder:
         a template whose pieces merge across boundaries is reported here instead of training on
         token sequences that inference would never produce.
         """
-        if not examples:
+        if not examples or self.tag_builder is not None:
             return
         texts = [e.text or "" for e in examples]
         joint = self.tokenizer(texts, add_special_tokens=self.frame is None)["input_ids"]
