@@ -219,6 +219,7 @@ def train_two_tower(
 
     from llmrec.modeling.build import build_model
     from llmrec.modeling.dtype import resolve_mixed_precision
+    from llmrec.training.speed import configure_threads
 
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
@@ -228,6 +229,8 @@ def train_two_tower(
         gradient_accumulation_steps=cfg.train.grad_accum,
         mixed_precision=resolve_mixed_precision(cfg.train.mixed_precision),
     )
+    if accelerator.device.type == "cpu":
+        configure_threads(cfg.train.threads)  # train.threads, as the decoder loop
     encoder, tokenizer = build_model(
         cfg.model, lora_for_layers(cfg.lora, cfg.encoder.lora_layers), task="feature_extraction"
     )

@@ -183,12 +183,15 @@ def train_tag_classifier(
     from accelerate.utils import set_seed
 
     from llmrec.modeling.dtype import resolve_mixed_precision
+    from llmrec.training.speed import configure_threads
 
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
         raise FileExistsError(f"{out_dir} already exists (pass overwrite=True / --overwrite to replace it)")
     set_seed(cfg.train.seed)
     accelerator = Accelerator(gradient_accumulation_steps=cfg.train.grad_accum, mixed_precision=resolve_mixed_precision(cfg.train.mixed_precision))
+    if accelerator.device.type == "cpu":
+        configure_threads(cfg.train.threads)  # train.threads, as the decoder loop
     tags = dataset.catalog.categories()
     spec = text_spec(cfg)
     sequences = dataset.sequences(("train",))
