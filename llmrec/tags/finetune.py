@@ -33,7 +33,7 @@ IGNORE_INDEX = -100  # label of tokens without loss
 
 
 def answer_order(tags: Sequence[str], user_id: str, position: int) -> list[str]:
-    """``tags`` in a order seeded by (user, position): stable across runs and processes."""
+    """``tags`` in an order seeded by (user, position): stable across runs and processes."""
     order = list(tags)
     random.Random(stable_hash(f"{user_id}:{position}")).shuffle(order)
     return order
@@ -83,7 +83,3 @@ class TagExampleBuilder:
                                    f"max_seq_len={self.max_seq_len}; lower prompt.max_history_items or raise train.max_seq_len")
             yield input_ids, [IGNORE_INDEX] * len(prompt_ids) + answer, sequence.user_id, 1, prompt
 
-
-def tag_rows(builder: TagExampleBuilder, sequences: Sequence[UserSequence]) -> list[tuple[list[int], list[int], str, int, str]]:
-    """Every example of ``sequences``, in order."""
-    return [row for sequence in sequences for row in builder.examples(sequence)]
