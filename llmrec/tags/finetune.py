@@ -22,6 +22,8 @@ import random
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import datasets
+
 from llmrec.config import PromptConfig
 from llmrec.data.schema import Catalog, UserSequence
 from llmrec.io import stable_hash
@@ -64,6 +66,12 @@ class TagExampleBuilder:
         """The scorer's prompt for ``history``."""
         return tag_prompt(history, self.catalog, self.template, self.tokenizer, self.cfg, self.tags,
                           TAG_PROMPT_NUM_TAGS, self.cfg.max_history_items)
+
+    def build(self, sequences: Sequence[UserSequence]) -> datasets.Dataset:
+        """Every example of ``sequences`` as a Dataset with the training columns."""
+        from llmrec.training.examples import Example, to_dataset
+
+        return to_dataset([Example(ids, labels, user, n) for s in sequences for ids, labels, user, n, _ in self.examples(s)])
 
     def examples(self, sequence: UserSequence) -> Iterator[tuple[list[int], list[int], str, int, str]]:
         """``(input_ids, labels, user_id, 1, text)`` per target position, oldest first."""

@@ -241,7 +241,7 @@ def load_run_tag_scorer(run_dir: str | Path, device: str = "cpu", length_normali
     model, tokenizer = load_decoder_model(info, config, torch.device(device))
     saved = run / "prompts" / "interest_tags.jinja"
     template = load_template_file(saved) if saved.is_file() else load_template("interest_tags", config.prompt.prompts_dir)
-    max_items = config.prompt.max_history_items if config.train.format == "interest_tags" else 10
-    scorer = DecoderTagScorer(model, tokenizer, dataset.catalog, template, config.prompt, max_items=max_items,
-                              length_normalize=length_normalize)
+    scorer = DecoderTagScorer(model, tokenizer, dataset.catalog, template, config.prompt, length_normalize=length_normalize)
+    if config.train.format == "interest_tags":  # fine-tuned on this many history items
+        scorer.max_items = config.prompt.max_history_items
     return scorer, dataset

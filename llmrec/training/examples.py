@@ -107,13 +107,22 @@ def build_examples(
     target = Path(cache_dir) / key if cache_dir is not None else None
     if target is not None and (target / "dataset_info.json").is_file():
         return datasets.load_from_disk(str(target))
-    builder = ExampleBuilder(dataset, template, tokenizer, cfg, max_seq_len, fmt)
-    built = builder.build(training_sequences(dataset))
+    built = make_builder(dataset, template, tokenizer, cfg, max_seq_len, fmt).build(training_sequences(dataset))
     if target is None:
         return built
     meta = {"key": key, "format": fmt, "max_seq_len": max_seq_len, "template": template.name,
             "tokenizer": getattr(tokenizer, "name_or_path", ""), "dataset": str(dataset.root), "rows": len(built)}
     return save_atomically(built, target, meta)
+
+
+def make_builder(dataset: PreparedDataset, template: PromptTemplate, tokenizer: Any, cfg: PromptConfig, max_seq_len: int,
+                 fmt: str) -> ExampleBuilder | TagExampleBuilder:
+    """The builder of ``fmt``: :class:`ExampleBuilder` for sequence formats, the tag builder for ``interest_tags``."""
+    if fmt == "interest_tags":
+        from llmrec.tags.finetune import TagExampleBuilder
+
+        return TagExampleBuilder(dataset.catalog, template, tokenizer, cfg, max_seq_len)
+    return ExampleBuilder(dataset, template, tokenizer, cfg, max_seq_len, fmt)
 
 
 def training_sequences(dataset: PreparedDataset) -> list[UserSequence]:
@@ -130,13 +139,6 @@ class ExampleBuilder:
     """Turns training sequences into examples of one format (plain arguments, no I/O)."""
 
     def __init__(self, dataset: PreparedDataset, template: PromptTemplate, tokenizer: Any, cfg: PromptConfig, max_seq_len: int, fmt: str):
-        self.tag_builder: TagExampleBuilder | None = None
-        if fmt == "interest_tags":
-            from llmrec.tags.finetune import TagExampleBuilder
-
-            self.tag_builder = TagExampleBuilder(dataset.catalog, template, tokenizer, cfg, max_seq_len)
-            self.fmt, self.tokenizer = fmt, tokenizer
-            return
         if not template.is_sequence:
             raise PromptError(f"template {template.name} ({template.path}) cannot build training examples: it is not a sequence template")
         self.catalog = dataset.catalog
@@ -163,19 +165,17 @@ class ExampleBuilder:
                 checks.append(examples[-1] if self.fmt == "prompt_completion" else examples[0])
             rows.extend(examples)
             if len(rows) >= _CHUNK:
-                chunks.append(_to_dataset(rows))
+                chunks.append(to_dataset(rows))
                 rows = []
             if len(checks) >= 256:
                 self.check_tokenization(checks)
                 checks = []
         self.check_tokenization(checks)
         if rows or not chunks:
-            chunks.append(_to_dataset(rows))
+            chunks.append(to_dataset(rows))
         return datasets.concatenate_datasets(chunks) if len(chunks) > 1 else chunks[0]
 
     def examples(self, sequence: UserSequence) -> Iterator[Example]:
-        if self.tag_builder is not None:  # whole-prompt tokenization: nothing piecewise to check
-            return (Example(ids, labels, user, n) for ids, labels, user, n, _ in self.tag_builder.examples(sequence))
         if self.fmt == "prompt_completion":
             return self.prompt_completion(sequence)
         return self.item_span(sequence)
@@ -227,7 +227,7 @@ class ExampleBuilder:
         a template whose pieces merge across boundaries is reported here instead of training on
         token sequences that inference would never produce.
         """
-        if not examples or self.tag_builder is not None:
+        if not examples:
             return
         texts = [e.text or "" for e in examples]
         joint = self.tokenizer(texts, add_special_tokens=self.frame is None)["input_ids"]
@@ -253,7 +253,7 @@ def _concat(pieces: Sequence[Sequence[int]]) -> list[int]:
     return out
 
 
-def _to_dataset(rows: Sequence[Example]) -> datasets.Dataset:
+def to_dataset(rows: Sequence[Example]) -> datasets.Dataset:
     return datasets.Dataset.from_dict(
         {
             "input_ids": [r.input_ids for r in rows],

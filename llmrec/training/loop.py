@@ -176,7 +176,7 @@ def build_data(run_cfg: RunConfig, tokenizer: Any, model_dtype: torch.dtype = to
     from llmrec.data.dataset import PreparedDataset
     from llmrec.prompts import load_template
     from llmrec.training.collate import pack_examples, packed_collate, pad_collate
-    from llmrec.training.examples import ExampleBuilder, build_examples
+    from llmrec.training.examples import build_examples, make_builder
     from llmrec.training.varlen import packed_mask_mode
 
     train_cfg, prompt_cfg = run_cfg.train, run_cfg.prompt
@@ -186,8 +186,8 @@ def build_data(run_cfg: RunConfig, tokenizer: Any, model_dtype: torch.dtype = to
     examples = examples.select_columns(["input_ids", "labels", "num_targets"])
     valid_cfg = dataclasses.replace(prompt_cfg, max_examples_per_user=1)
     valid_format = "interest_tags" if train_cfg.format == "interest_tags" else "prompt_completion"
-    builder = ExampleBuilder(dataset, load_template(prompt_cfg.template, prompt_cfg.prompts_dir), tokenizer,
-                             valid_cfg, train_cfg.max_seq_len, valid_format)
+    builder = make_builder(dataset, load_template(prompt_cfg.template, prompt_cfg.prompts_dir), tokenizer,
+                           valid_cfg, train_cfg.max_seq_len, valid_format)
     valid = builder.build(dataset.sequences(("train", "valid"))).select_columns(["input_ids", "labels"])
     if train_cfg.eval_max_users is not None and train_cfg.eval_max_users < len(valid):
         valid = valid.shuffle(seed=train_cfg.seed).select(range(train_cfg.eval_max_users))  # one example per user
