@@ -32,6 +32,7 @@ from llmrec.config import ConfigError, LoraConfig, RunConfig, dump_yaml
 from llmrec.data.dataset import PreparedDataset
 from llmrec.data.schema import Catalog, EvalCase, UserSequence
 from llmrec.encoder.two_tower import (
+    ITEM_RESIDUALS_FILE,
     EncoderConfig,
     ItemEmbeddingCache,
     TextSpec,
@@ -40,6 +41,7 @@ from llmrec.encoder.two_tower import (
     history_document,
     info_nce,
     item_document,
+    save_item_residuals,
 )
 from llmrec.io import atomic_dir, write_json
 from llmrec.training.run_dir import package_versions
@@ -139,6 +141,7 @@ class PairCollator:
             extra = torch.multinomial(self.popularity, self.cfg.sampled_negatives, generator=self.generator) if self.cfg.sampled_negatives else torch.zeros(0, dtype=torch.long)
             columns = torch.cat([targets, extra])  # (B + S,)
             batch["targets"] = torch.arange(len(pairs))
+            batch["columns"] = columns
             texts = [item_document(self.catalog[int(i)], self.spec) for i in columns]
             batch["items"] = self._tokens(texts, self.cfg.max_item_tokens)
         batch["exclude"] = exclusion_mask(histories, targets, columns)
@@ -234,7 +237,7 @@ def train_two_tower(
     encoder, tokenizer = build_model(
         cfg.model, lora_for_layers(cfg.lora, cfg.encoder.lora_layers), task="feature_extraction"
     )
-    model = TwoTowerModel(encoder, cfg.encoder.item_tower)
+    model = TwoTowerModel(encoder, cfg.encoder.item_tower, dataset.catalog.item_ids if cfg.encoder.item_ids else ())
     spec = text_spec(cfg)
     sequences = dataset.sequences(("train",))
     pairs = training_pairs(sequences, cfg.encoder.pairs_per_user, cfg.encoder.min_history)
@@ -254,9 +257,7 @@ def train_two_tower(
     steps_per_epoch = math.ceil(len(loader) / cfg.train.grad_accum)
     total = cfg.train.max_steps if cfg.train.max_steps > 0 else steps_per_epoch * cfg.train.epochs
     epochs = math.ceil(total / steps_per_epoch)
-    optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad], lr=cfg.train.learning_rate, weight_decay=cfg.train.weight_decay
-    )
+    optimizer = torch.optim.AdamW(parameter_groups(model, cfg), lr=cfg.train.learning_rate)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(int(cfg.train.warmup_ratio * total), total))
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     base_name = cfg.model.name_or_path
@@ -304,6 +305,17 @@ def train_two_tower(
     return out_dir
 
 
+def parameter_groups(model: TwoTowerModel, cfg: EncoderRunConfig) -> list[dict[str, Any]]:
+    """AdamW groups: the adapter at ``train.learning_rate`` with weight decay; the item
+    residuals (when learned) at ``encoder.item_id_learning_rate`` without it."""
+    residuals = model.item_residuals
+    adapter = [p for p in model.parameters() if p.requires_grad and p is not residuals]
+    groups: list[dict[str, Any]] = [{"params": adapter, "weight_decay": cfg.train.weight_decay}]
+    if residuals is not None:
+        groups.append({"params": [residuals], "lr": cfg.encoder.item_id_learning_rate, "weight_decay": 0.0})
+    return groups
+
+
 def _out_of_time(start: float, limit: float) -> bool:
     return limit > 0 and time.perf_counter() - start >= limit
 
@@ -319,10 +331,15 @@ def _train_step(
 ) -> float:
     with accelerator.accumulate(model):
         users = model(batch["users"]).float()  # (B, H)
+        towers = accelerator.unwrap_model(model)
         if catalog_items is not None:
             items = catalog_items  # (N, H), constant
+            if towers.item_residuals is not None:
+                items = items + towers.item_residuals.float()
         else:
-            items = accelerator.unwrap_model(model).embed_items(batch["items"]).float()  # (B + S, H)
+            items = towers.embed_items(batch["items"]).float()  # (B + S, H)
+            if towers.item_residuals is not None:
+                items = items + towers.item_residuals[batch["columns"]].float()
         loss = info_nce(users, items, batch["targets"], cfg.encoder.temperature, batch["exclude"])
         accelerator.backward(loss)
         if accelerator.sync_gradients and cfg.train.max_grad_norm > 0:
@@ -358,6 +375,7 @@ def save_run(
         write_json(tmp / "versions.json", package_versions())
         write_json(tmp / "run.json", run_info(cfg, dataset))
         model.encoder.save_pretrained(str(tmp / "adapter"))  # type: ignore[operator]
+        save_item_residuals(model, tmp / ITEM_RESIDUALS_FILE)
         tokenizer.save_pretrained(tmp / "tokenizer")
         valid = [h for h in history if any(k.startswith("valid_") for k in h)]
         write_json(tmp / "metrics.json", {**summary, **(valid[-1] if valid else {}), "history": history})
@@ -387,6 +405,7 @@ def run_info(cfg: EncoderRunConfig, dataset: PreparedDataset) -> dict[str, Any]:
         **encoder_run_header(cfg, dataset, "two_tower"),
         "two_tower": {
             "item_tower": cfg.encoder.item_tower,
+            "item_ids": cfg.encoder.item_ids,
             "max_user_tokens": cfg.encoder.max_user_tokens,
             "max_item_tokens": cfg.encoder.max_item_tokens,
             "text": vars(text_spec(cfg)),

@@ -11,6 +11,11 @@ catalog are one matrix product, ``users (B, H) @ items (N, H).T``, which makes t
 Item embeddings are cached under a key made of the catalog fingerprint, the item tower's
 weights (the adapter hash when shared) and the text settings; a changed catalog or adapter
 gets a new key, so stale embeddings are never served.
+
+Optionally (``encoder.item_ids``) the item tower adds a learned per-item vector to the frozen
+text embedding, zero at the start: a collaborative residual that the whole-catalog softmax
+trains for every item at every step. It is stored by item *id*, so a catalog with new items
+scores them by their text embedding alone (cold start), and the cached text matrix stays valid.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from llmrec.data.schema import Catalog, Item, UserSequence
 from llmrec.io import atomic_file, stable_hash
 
 ITEM_TOWERS = ("frozen", "shared")
+ITEM_RESIDUALS_FILE = "item_residuals.pt"  # learned per-item vectors in a run directory
 NEGATIVES = ("catalog", "in_batch")
 
 
@@ -50,6 +56,8 @@ class EncoderConfig:
     cache_dir: str | None = None  # on-disk item-embedding cache (None = in memory only)
     lora_layers: list[int] = field(default_factory=list)  # BERT layers that get LoRA (empty = lora.target_modules everywhere)
     max_train_seconds: float = 0.0  # stop training after this wall time (0 = no limit)
+    item_ids: bool = False  # add a learned per-item residual (zero-initialised) to the text embedding
+    item_id_learning_rate: float = 1.0e-3  # AdamW learning rate of the item residuals (no weight decay)
 
     def validate(self) -> None:
         if self.item_tower not in ITEM_TOWERS:
@@ -62,6 +70,8 @@ class EncoderConfig:
             raise ValueError(f"encoder.temperature must be > 0, got {self.temperature}")
         if self.min_history < 1:
             raise ValueError(f"encoder.min_history must be >= 1, got {self.min_history}")
+        if self.item_id_learning_rate <= 0:
+            raise ValueError(f"encoder.item_id_learning_rate must be > 0, got {self.item_id_learning_rate}")
 
 
 @dataclass(frozen=True)
@@ -156,14 +166,38 @@ class TwoTowerModel(nn.Module):
             adapter is used).
         item_tower: ``frozen`` runs items through the base weights (adapter disabled, no
             gradient); ``shared`` runs them through the adapter like the users.
+        item_ids: ids of the items that get a learned residual (row ``j`` of
+            ``item_residuals`` belongs to ``item_ids[j]``); empty = text embeddings only.
     """
 
-    def __init__(self, encoder: nn.Module, item_tower: str = "frozen"):
+    def __init__(self, encoder: nn.Module, item_tower: str = "frozen", item_ids: Sequence[str] = ()):
         super().__init__()
         if item_tower not in ITEM_TOWERS:
             raise ValueError(f"item_tower must be one of {ITEM_TOWERS}, got {item_tower!r}")
         self.encoder = encoder
         self.item_tower = item_tower
+        self.item_ids: list[str] = list(item_ids)
+        self.item_residuals: nn.Parameter | None = None
+        if self.item_ids:
+            self.item_residuals = nn.Parameter(torch.zeros(len(self.item_ids), _hidden_size(encoder)))  # (N_ids, H)
+
+    def residuals_for(self, catalog: Catalog) -> torch.Tensor | None:
+        """``(len(catalog), H)`` residual of each catalog item, zero for ids the model never saw.
+
+        None when the model has no residuals. Differentiable when ``catalog`` is the training
+        catalog in the same order (the rows are gathered, not copied).
+        """
+        if self.item_residuals is None:
+            return None
+        if catalog.item_ids == self.item_ids:
+            return self.item_residuals
+        known = {item_id: row for row, item_id in enumerate(self.item_ids)}
+        rows = torch.tensor([known.get(item_id, -1) for item_id in catalog.item_ids])  # (N,)
+        out = torch.zeros(len(catalog), self.item_residuals.shape[1], dtype=self.item_residuals.dtype,
+                          device=self.item_residuals.device)
+        hit = rows >= 0
+        out[hit] = self.item_residuals[rows[hit]]
+        return out
 
     def _embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         out = self.encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
@@ -188,7 +222,8 @@ class TwoTowerModel(nn.Module):
         return self.embed_users(batch)
 
     def tower_fingerprint(self, base_name: str) -> str:
-        """Hash of what the item tower computes with: the base model, plus the adapter when shared."""
+        """Hash of what the item tower's *text* path computes with: the base model, plus the
+        adapter when shared (the residuals are added after the cache, so they are not in it)."""
         digest = hashlib.sha256(f"{base_name}|{self.item_tower}".encode())
         if self.item_tower == "shared":
             for name, tensor in sorted(self.encoder.state_dict().items()):
@@ -196,6 +231,32 @@ class TwoTowerModel(nn.Module):
                     digest.update(name.encode())
                     digest.update(tensor.detach().float().cpu().numpy().tobytes())
         return digest.hexdigest()[:16]
+
+
+def _hidden_size(encoder: nn.Module) -> int:
+    """Hidden size of a (PEFT-wrapped) encoder, read from its config."""
+    size = getattr(getattr(encoder, "config", None), "hidden_size", None)
+    if size is None:
+        raise ValueError("cannot read the encoder's config.hidden_size for the item residuals")
+    return int(size)
+
+
+def save_item_residuals(model: TwoTowerModel, path: Path) -> None:
+    """Write the learned item residuals with their item ids (a torch file; nothing when absent)."""
+    if model.item_residuals is None:
+        return
+    with atomic_file(path, mode="wb") as handle:
+        torch.save({"item_ids": model.item_ids, "residuals": model.item_residuals.detach().float().cpu()}, handle)
+
+
+def load_item_residuals(model: TwoTowerModel, path: Path) -> None:
+    """Attach residuals written by :func:`save_item_residuals` to ``model``."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    ids, matrix = list(state["item_ids"]), state["residuals"]
+    if len(ids) != matrix.shape[0]:
+        raise ValueError(f"{path}: {len(ids)} item ids for {matrix.shape[0]} residual rows")
+    model.item_ids = ids
+    model.item_residuals = nn.Parameter(matrix, requires_grad=False)
 
 
 class ItemEmbeddingCache:
@@ -316,9 +377,17 @@ class TwoTowerRecommender:
         self.model.train(was_training)
         return torch.cat(chunks) if chunks else torch.zeros(0, 0)
 
+    @torch.no_grad()
+    def item_matrix(self) -> torch.Tensor:
+        """``(N, H)`` what users are scored against: text embeddings plus the learned residuals."""
+        items = self.embed_items()
+        residuals = self.model.residuals_for(self.catalog)
+        return items if residuals is None else items + residuals.detach().float().cpu()
+
     def score(self, histories: Sequence[UserSequence]) -> torch.Tensor:
-        """Cosine similarity of each history to every item: ``(len(histories), num_items)``."""
-        items = self.embed_items()  # (N, H)
+        """Dot product of each history with every item: ``(len(histories), num_items)``
+        (a cosine similarity when the model has no item residuals)."""
+        items = self.item_matrix()  # (N, H)
         if not histories:
             return torch.zeros(0, items.shape[0])
         return self.embed_users(histories) @ items.T  # (B, N)
@@ -351,7 +420,10 @@ class TwoTowerRecommender:
 
         base = AutoModel.from_pretrained(resolve_model_source(info["base_model"]).path, use_safetensors=True)
         encoder = PeftModel.from_pretrained(base, run_dir / "adapter")
-        model = TwoTowerModel(encoder, settings["item_tower"]).to(device).eval()
+        model = TwoTowerModel(encoder, settings["item_tower"])
+        if settings.get("item_ids"):
+            load_item_residuals(model, run_dir / ITEM_RESIDUALS_FILE)
+        model = model.to(device).eval()
         tokenizer = AutoTokenizer.from_pretrained(run_dir / "tokenizer")
         if catalog is None:
             from llmrec.data.dataset import PreparedDataset

@@ -222,6 +222,36 @@ def test_train_save_and_reload_scores_match(tmp_path: Path, tiny_tokenizer) -> N
     PeftModel.from_pretrained(AutoModel.from_pretrained(cfg.model.name_or_path), run / "adapter")
 
 
+@pytest.mark.parametrize("negatives", ["catalog", "in_batch"])
+def test_item_residuals_train_save_reload_and_cold_start(tmp_path: Path, tiny_tokenizer, negatives: str) -> None:  # type: ignore[no-untyped-def]
+    dataset = make_tiny_dataset(tmp_path)
+    tower = "frozen" if negatives == "catalog" else "shared"
+    cfg = tiny_encoder_config(tmp_path, save_tiny_encoder(tmp_path, tiny_tokenizer), item_tower=tower,
+                              negatives=negatives, item_ids=True, item_id_learning_rate=0.05)
+    cfg.train = dataclasses.replace(cfg.train, max_steps=0, epochs=1)  # one pass over every train pair
+    run = train_two_tower(cfg, dataset, tmp_path / "run", command="pytest")
+    rec = TwoTowerRecommender.load(run, catalog=dataset.catalog)
+    residuals = rec.model.residuals_for(dataset.catalog)
+    assert residuals is not None and residuals.shape == (len(dataset.catalog), 64)
+    trained = set(i for s in dataset.sequences(("train",)) for i in s.items[1:])  # items that were targets
+    moved = {i for i in range(len(dataset.catalog)) if residuals[i].abs().sum() > 0}
+    assert trained <= moved  # every target item's residual was updated
+    cases = dataset.eval_cases("test")
+    histories = [c.history for c in cases]
+    scores = rec.score(histories)
+    text_only = rec.embed_users(histories) @ rec.embed_items().T
+    assert not torch.allclose(scores, text_only, atol=1e-4)  # the residuals change the ranking scores
+    # A catalog with an unseen item: that item is scored by its text embedding alone.
+    new = Item("new-1", "Brand New Film", ("Drama",), {"year": "2026"})
+    grown = Catalog([*dataset.catalog.items, new])
+    rec_grown = TwoTowerRecommender.load(run, catalog=grown)
+    assert rec_grown.model.residuals_for(grown)[-1].abs().sum() == 0  # type: ignore[index]
+    grown_scores = rec_grown.score(histories)
+    assert torch.allclose(grown_scores[:, :-1], scores, atol=1e-5)
+    users = rec_grown.embed_users(histories)
+    assert torch.allclose(grown_scores[:, -1], users @ rec_grown.embed_items()[-1], atol=1e-5)
+
+
 def test_lora_for_layers_names_block_linears() -> None:
     lora = lora_for_layers(LoraConfig(), [1])
     assert "layer.1.attention.self.query" in lora.target_modules and len(lora.target_modules) == 6
