@@ -322,6 +322,23 @@ def load_config(
     return config
 
 
+def load_benchmark_recipe(
+    paths: Sequence[str | Path],
+    overrides: Sequence[str],
+    prepared_dir: str | Path,
+    seed: int,
+    output_dir: str | None = None,
+    schema: type[T] = RunConfig,  # type: ignore[assignment]
+) -> T:
+    """A training recipe as a benchmark entry trains it: the benchmark's prepared dataset, seed
+    and output directory forced over the recipe's own (``output_dir`` None: the recipe's
+    ``train.output_dir`` plus ``-seed<N>``)."""
+    if output_dir is None:
+        output_dir = f"{load_config(paths, overrides, schema=schema).train.output_dir}-seed{seed}"  # type: ignore[attr-defined]
+    forced = [f"data.prepared_dir={prepared_dir}", f"train.seed={seed}", f"train.output_dir={output_dir}"]
+    return load_config(paths, [*overrides, *forced], schema=schema)
+
+
 def to_dict(config: Any) -> dict[str, Any]:
     """Plain-dict form of a config dataclass (what a run directory stores as config.yaml)."""
     return dataclasses.asdict(config)

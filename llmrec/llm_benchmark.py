@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from llmrec.config import ConfigError, RunConfig, load_config
+from llmrec.config import ConfigError, RunConfig, load_benchmark_recipe
 from llmrec.data.dataset import PreparedDataset
 from llmrec.data.schema import UserSequence
 from llmrec.io import write_json
@@ -80,11 +80,7 @@ def parse_params(params: dict[str, Any]) -> LLMParams:
 
 def recipe_config(params: LLMParams, dataset: PreparedDataset, seed: int) -> RunConfig:
     """The recipe with the benchmark's dataset, seed and output directory forced in."""
-    base: RunConfig = load_config(params.config, params.overrides)
-    output_dir = params.output_dir or f"{base.train.output_dir}-seed{seed}"
-    forced = [f"data.prepared_dir={dataset.root}", f"train.seed={seed}", f"train.output_dir={output_dir}"]
-    config: RunConfig = load_config(params.config, [*params.overrides, *forced])
-    return config
+    return load_benchmark_recipe(params.config, params.overrides, dataset.root, seed, params.output_dir)
 
 
 class LLMRanker:
@@ -178,12 +174,14 @@ def train_run(run_cfg: RunConfig, dataset: PreparedDataset, params: LLMParams) -
     """Fine-tune per ``run_cfg`` with validation-ranking early stopping; returns (run dir, seconds)."""
     from llmrec.training.loop import train
     from llmrec.training.ranking_eval import ranking_eval_fn
+    from llmrec.training.run_dir import resume_or_start
 
     eval_fn = ranking_eval_fn(dataset, run_cfg.prompt, num_users=params.valid_users, seed=run_cfg.train.seed,
                               num_beams=params.valid_num_beams, batch_size=run_cfg.generation.batch_size)
+    resume = resume_or_start(Path(run_cfg.train.output_dir), run_cfg)
     started = time.perf_counter()
-    result = train(run_cfg, command=f"llmrec benchmark (llm, seed {run_cfg.train.seed})", eval_fn=eval_fn,
-                   device=params.device)
+    result = train(run_cfg, command=f"llmrec benchmark (llm, seed {run_cfg.train.seed})", resume=resume,
+                   eval_fn=eval_fn, device=params.device)
     seconds = time.perf_counter() - started
     record_train_time(result.run_dir, seconds, result.global_step)
     return result.run_dir, seconds

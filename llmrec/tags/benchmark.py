@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from llmrec.benchmark import BenchmarkModel, get_tag_builder, seeded_subset
-from llmrec.config import ConfigError, EvalConfig, PromptConfig, from_dict, load_config
+from llmrec.config import ConfigError, EvalConfig, PromptConfig, from_dict, load_benchmark_recipe
 from llmrec.data.dataset import INPUT_SPLITS, PreparedDataset
 from llmrec.data.schema import UserSequence
 from llmrec.tags.baselines import CooccurrenceTags, FloatArray, MostFrequentTags, TagScorer, evaluate_tags
@@ -104,12 +104,9 @@ def train_classifier_run(params: ClassifierParams, dataset: PreparedDataset, see
     """Train per ``params.config`` with the benchmark's dataset and seed; returns (run dir, seconds)."""
     from llmrec.tags.classifier import TagsRunConfig, train_tag_classifier
 
-    base = load_config(params.config, params.overrides, schema=TagsRunConfig)
-    output_dir = params.output_dir or f"{base.train.output_dir}-seed{seed}"
-    forced = [f"data.prepared_dir={dataset.root}", f"train.seed={seed}", f"train.output_dir={output_dir}"]
-    cfg = load_config(params.config, [*params.overrides, *forced], schema=TagsRunConfig)
+    cfg = load_benchmark_recipe(params.config, params.overrides, dataset.root, seed, params.output_dir, TagsRunConfig)
     started = time.perf_counter()
-    run_dir = train_tag_classifier(cfg, dataset, output_dir, f"llmrec benchmark (tag_classifier, seed {seed})",
+    run_dir = train_tag_classifier(cfg, dataset, cfg.train.output_dir, f"llmrec benchmark (tag_classifier, seed {seed})",
                                    overwrite=params.overwrite)
     return run_dir, time.perf_counter() - started
 
@@ -171,15 +168,14 @@ def train_decoder_tags_run(params: DecoderParams, dataset: PreparedDataset, seed
     from llmrec.config import RunConfig
     from llmrec.llm_benchmark import record_train_time
     from llmrec.training.loop import train
+    from llmrec.training.run_dir import resume_or_start
 
-    base: RunConfig = load_config(params.config, params.overrides)
-    if base.train.format != "interest_tags":
-        raise ConfigError(f"tags: decoder_tags.params.config: train.format is {base.train.format!r}, not interest_tags")
-    output_dir = params.output_dir or f"{base.train.output_dir}-seed{seed}"
-    forced = [f"data.prepared_dir={dataset.root}", f"train.seed={seed}", f"train.output_dir={output_dir}"]
-    cfg: RunConfig = load_config(params.config, [*params.overrides, *forced])
+    cfg: RunConfig = load_benchmark_recipe(params.config, params.overrides, dataset.root, seed, params.output_dir)
+    if cfg.train.format != "interest_tags":
+        raise ConfigError(f"tags: decoder_tags.params.config: train.format is {cfg.train.format!r}, not interest_tags")
+    resume = resume_or_start(Path(cfg.train.output_dir), cfg)
     started = time.perf_counter()
-    result = train(cfg, command=f"llmrec benchmark (decoder_tags, seed {seed})", device=params.device)
+    result = train(cfg, command=f"llmrec benchmark (decoder_tags, seed {seed})", resume=resume, device=params.device)
     seconds = time.perf_counter() - started
     record_train_time(result.run_dir, seconds, result.global_step)
     return result.run_dir, seconds

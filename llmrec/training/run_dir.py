@@ -123,5 +123,32 @@ def is_complete(run_dir: Path) -> bool:
     return (run_dir / "run.json").is_file() and not (run_dir / INCOMPLETE_MARKER).exists()
 
 
+def resume_or_start(run_dir: Path, config: RunConfig) -> bool:
+    """Whether a job that trains ``config`` into ``run_dir`` (a benchmark entry) should resume.
+
+    Returns False when ``run_dir`` is missing or empty (start fresh) and True when it holds an
+    interrupted run of the same config with at least one checkpoint: a benchmark that was killed
+    mid-training continues from its last checkpoint when it is run again.
+
+    Raises:
+        FileExistsError: ``run_dir`` holds a finished run (load it instead, or remove it), or an
+            interrupted run of a different config, or no checkpoint to resume from.
+    """
+    from llmrec.training.checkpoint import latest_checkpoint
+
+    if not run_dir.is_dir() or not any(run_dir.iterdir()):
+        return False
+    if not (run_dir / INCOMPLETE_MARKER).exists():
+        raise FileExistsError(f"{run_dir} holds a finished run: load it (e.g. the benchmark entry's params.run_dir) "
+                              "or remove it / choose another output directory to train again")
+    saved = run_dir / "config.yaml"
+    if not saved.is_file() or saved.read_text(encoding="utf-8") != dump_yaml(config):
+        raise FileExistsError(f"{run_dir} holds an interrupted run of a different config ({saved.name} differs): "
+                              "remove it or choose another output directory")
+    if latest_checkpoint(run_dir / "checkpoints") is None:
+        raise FileExistsError(f"{run_dir} holds an interrupted run without a checkpoint to resume from: remove it")
+    return True
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
