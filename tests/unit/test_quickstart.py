@@ -14,7 +14,7 @@ from llmrec.baselines.pop import Popularity
 from llmrec.config import load_config
 from llmrec.data.dataset import PreparedDataset
 from llmrec.evaluation.evaluate import evaluate
-from llmrec.quickstart import MODEL_LABEL, QuickstartConfig, fast_config, run_quickstart
+from llmrec.quickstart import QuickstartConfig, fast_config, model_label, run_quickstart
 from tests.fixtures_run import GENRES, build_dataset
 from tests.tiny import FIXTURE_TITLES, make_tokenizer, tiny_bert
 
@@ -55,7 +55,7 @@ def test_report_directory_holds_metrics_plots_run_and_example(quickstart_run: tu
         assert (out / name).is_file(), name
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".report.tmp")]  # the temp dir was renamed
     report = json.loads((out / "metrics.json").read_text())
-    assert [run["label"] for run in report["runs"]] == [MODEL_LABEL, "pop"]
+    assert [run["label"] for run in report["runs"]] == ["minilm-two-tower+ids", "pop"]  # item residuals by default
     assert report["training"]["optimizer_steps"] == 3
     assert set(report["stage_times_s"]) == {"fetch", "prepare", "train", "evaluate", "example"}
     assert json.loads((out / "run/run.json").read_text())["kind"] == "encoder"
@@ -73,7 +73,7 @@ def test_pop_row_matches_an_independent_evaluation(quickstart_run: tuple[Path, s
         assert pop["metrics"][metric] == pytest.approx(expected.metrics[metric])
     pop_line = next(line for line in printed.splitlines() if line.strip("│ ").startswith("pop "))
     assert f"{expected.metrics['hr@10']:.4f}" in pop_line and f"{expected.metrics['ndcg@10']:.4f}" in pop_line
-    assert MODEL_LABEL in printed and "HR@10" in printed and "NDCG@10" in printed
+    assert model_label(QuickstartConfig()) in printed and "HR@10" in printed and "NDCG@10" in printed
 
 
 def test_user_example_has_history_valid_recommendations_and_explanation(quickstart_run: tuple[Path, str], workspace: Path) -> None:
