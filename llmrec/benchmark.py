@@ -17,6 +17,7 @@ Launch: ``llmrec benchmark --config configs/ml100k/benchmark.yaml [--out DIR] [-
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import logging
 import os
@@ -93,6 +94,28 @@ class BenchmarkConfig:
             raise ConfigError("seeds: list at least one seed")
         if self.eval.split not in ("valid", "test") or any(k <= 0 for k in self.eval.ks):
             raise ConfigError("eval.split must be valid or test and eval.ks positive")
+
+
+def select_entries(config: BenchmarkConfig, labels: Sequence[str]) -> BenchmarkConfig:
+    """``config`` with only the ``models`` and ``tags`` entries whose label is in ``labels``.
+
+    Re-running some rows (another seed, a changed recipe) without the rest of the table.
+
+    Raises:
+        ConfigError: a label that names no entry, or no ranking model left (the report needs one).
+    """
+    known = [m.label or m.name for m in [*config.models, *config.tags]]
+    unknown = sorted(set(labels) - set(known))
+    if unknown:
+        raise ConfigError(f"--only: no entry labelled {unknown}; the labels are {known}")
+    keep = set(labels)
+    selected = dataclasses.replace(
+        config,
+        models=[m for m in config.models if (m.label or m.name) in keep],
+        tags=[m for m in config.tags if (m.label or m.name) in keep],
+    )
+    selected.validate()
+    return selected
 
 
 def _check_entries(group: str, kind: str, entries: Sequence[BenchmarkModel], registry: Mapping[str, object]) -> None:

@@ -3,6 +3,7 @@
 Examples::
 
     llmrec benchmark --config configs/ml100k/benchmark.yaml --out reports/ml100k --seeds 0,1,2
+    llmrec benchmark --config configs/ml100k/benchmark-encoder.yaml --only pop,sasrec,minilm-two-tower+ids --seeds 1
     llmrec evaluate --model sasrec --dataset-dir data/ml-100k --out reports/sasrec-test
     llmrec evaluate --run runs/smollm2-lora --dataset-dir data/ml-100k --split test --out reports/llm-test
 """
@@ -34,16 +35,19 @@ def benchmark_command(
     config: Path = typer.Option(..., "--config", "-c", help="benchmark YAML (data, eval, models, seeds)"),
     out: Path | None = typer.Option(None, "--out", "-o", help="report directory (default: out_dir of the config)"),
     seeds: str | None = typer.Option(None, "--seeds", help="comma-separated seeds for every model without its own"),
+    only: str | None = typer.Option(None, "--only", help="comma-separated labels: run only these rows (e.g. pop,sasrec)"),
     overrides: list[str] | None = typer.Argument(None, help="key=value overrides, e.g. eval.split=valid"),
 ) -> None:
     """Train every listed model, evaluate all on the same split, write results.json/.md/.png."""
-    from llmrec.benchmark import BenchmarkConfig, run_benchmark
+    from llmrec.benchmark import BenchmarkConfig, run_benchmark, select_entries
     from llmrec.config import ConfigError, load_config
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     extra = [f"seeds=[{','.join(map(str, parsed))}]"] if (parsed := _parse_seeds(seeds)) else []
     try:
         cfg = load_config([config], [*(overrides or []), *extra], schema=BenchmarkConfig)
+        if only is not None:
+            cfg = select_entries(cfg, [part.strip() for part in only.split(",") if part.strip()])
     except ConfigError as err:
         raise typer.BadParameter(str(err)) from None
     command = shlex.join(["llmrec", *sys.argv[1:]])

@@ -19,6 +19,7 @@ from llmrec.benchmark import (
     register_tag_model,
     run_benchmark,
     seeded_subset,
+    select_entries,
     summarize,
 )
 from llmrec.config import ConfigError, EvalConfig, load_config
@@ -141,6 +142,22 @@ def test_cli_benchmark_and_evaluate(tmp_path, data_dir):
     assert len(pd.read_parquet(tmp_path / "e" / "ranks.parquet")) == 30
     bad = runner.invoke(app, ["benchmark", "--config", config, "--seeds", "a,b"])
     assert bad.exit_code != 0
+    only = runner.invoke(app, ["benchmark", "--config", config, "--out", str(tmp_path / "o"), "--only", "pop"])
+    assert only.exit_code == 0, only.output
+    assert [r["label"] for r in json.loads((tmp_path / "o" / "results.json").read_text())["runs"]] == ["pop"]
+    bad = runner.invoke(app, ["benchmark", "--config", config, "--only", "pop,nope"])
+    assert bad.exit_code != 0 and "nope" in bad.output
+
+
+def test_select_entries_keeps_the_named_rows(tmp_path, data_dir):
+    config = load_config([write_config(tmp_path, data_dir, "tags:\n  - {name: most_frequent}")], schema=BenchmarkConfig)
+    picked = select_entries(config, ["sasrec", "most_frequent"])
+    assert [m.name for m in picked.models] == ["sasrec"] and [t.name for t in picked.tags] == ["most_frequent"]
+    assert [m.name for m in config.models] == ["pop", "sasrec"]  # the loaded config is left alone
+    with pytest.raises(ConfigError, match="at least one model"):
+        select_entries(config, ["most_frequent"])  # the ranking table needs a model
+    with pytest.raises(ConfigError, match="no entry labelled"):
+        select_entries(config, ["gru4rec"])
 
 
 def write_tag_config(tmp_path, data_dir, tags: str) -> str:
