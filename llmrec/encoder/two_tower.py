@@ -184,8 +184,9 @@ class TwoTowerModel(nn.Module):
     def residuals_for(self, catalog: Catalog) -> torch.Tensor | None:
         """``(len(catalog), H)`` residual of each catalog item, zero for ids the model never saw.
 
-        None when the model has no residuals. Differentiable when ``catalog`` is the training
-        catalog in the same order (the rows are gathered, not copied).
+        None when the model has no residuals. For the training catalog (same ids, same order)
+        this is the parameter itself, so training steps can use it; any other catalog gets a
+        matrix gathered by item id.
         """
         if self.item_residuals is None:
             return None
