@@ -329,6 +329,7 @@ class TwoTowerRecommender:
         self.max_item_tokens = max_item_tokens
         self.cache = cache if cache is not None else ItemEmbeddingCache()
         self.batch_size = batch_size
+        self._scored: tuple[Catalog, torch.Tensor] | None = None  # item_matrix() of a catalog, for a model in eval mode
 
     @property
     def device(self) -> torch.device:
@@ -380,10 +381,20 @@ class TwoTowerRecommender:
 
     @torch.no_grad()
     def item_matrix(self) -> torch.Tensor:
-        """``(N, H)`` what users are scored against: text embeddings plus the learned residuals."""
+        """``(N, H)`` what users are scored against: text embeddings plus the learned residuals.
+
+        Kept for the current catalog (immutable) while the model is in eval mode, i.e. a loaded
+        run whose weights do not change, so scoring a request does not hash the catalog and
+        re-gather the residuals each time; during training it is recomputed on every call.
+        """
+        if self._scored is not None and self._scored[0] is self.catalog:
+            return self._scored[1]
         items = self.embed_items()
         residuals = self.model.residuals_for(self.catalog)
-        return items if residuals is None else items + residuals.detach().float().cpu()
+        matrix = items if residuals is None else items + residuals.detach().float().cpu()
+        if not self.model.training:
+            self._scored = (self.catalog, matrix)
+        return matrix
 
     def score(self, histories: Sequence[UserSequence]) -> torch.Tensor:
         """Dot product of each history with every item: ``(len(histories), num_items)``

@@ -240,6 +240,12 @@ def test_item_residuals_train_save_reload_and_cold_start(tmp_path: Path, tiny_to
     histories = [c.history for c in cases]
     scores = rec.score(histories)
     text_only = rec.embed_users(histories) @ rec.embed_items().T
+    # A loaded run keeps its scored matrix: no catalog hashing or cache look-up per request...
+    rec.cache = ItemEmbeddingCache()
+    assert torch.equal(rec.score(histories), scores) and rec.cache.misses == 0
+    # ...until the catalog changes.
+    rec.catalog = Catalog(list(dataset.catalog.items))
+    assert torch.allclose(rec.score(histories), scores, atol=1e-5) and rec.cache.misses == 1
     assert not torch.allclose(scores, text_only, atol=1e-4)  # the residuals change the ranking scores
     # A catalog with an unseen item: that item is scored by its text embedding alone.
     new = Item("new-1", "Brand New Film", ("Drama",), {"year": "2026"})
