@@ -6,6 +6,9 @@ Examples::
     llmrec benchmark --config configs/ml100k/benchmark-encoder.yaml --only pop,sasrec,minilm-two-tower+ids --seeds 1
     llmrec evaluate --model sasrec --dataset-dir data/ml-100k --out reports/sasrec-test
     llmrec evaluate --run runs/smollm2-lora --dataset-dir data/ml-100k --split test --out reports/llm-test
+    # search error vs model error: the same 50 seeded validation users, beam search and exact scores
+    llmrec evaluate --run runs/smollm2-lora --split valid --users 50 --scoring beam --out reports/diag-beam
+    llmrec evaluate --run runs/smollm2-lora --split valid --users 50 --scoring full_catalog --out reports/diag-full
 """
 
 from __future__ import annotations
@@ -64,26 +67,36 @@ def evaluate_command(
     run: Path | None = typer.Option(None, "--run", help="a fine-tuned run directory (loaded with Recommender.load)"),
     params: Path | None = typer.Option(None, "--params", help="YAML mapping of the registry model's parameters"),
     split: str = typer.Option("test", "--split", help="valid | test"),
-    seed: int = typer.Option(0, "--seed", help="training seed of a registry model"),
+    seed: int = typer.Option(0, "--seed", help="training seed of a registry model; also seeds the --users subset"),
     batch_size: int = typer.Option(256, "--batch-size", help="users per scoring call"),
     sampled_negatives: int = typer.Option(0, "--sampled-negatives", help="also rank against N seeded negatives (sampled_* metrics)"),
+    users: int | None = typer.Option(None, "--users", help="rank a subset of N users seeded by --seed (default: every user)"),
+    scoring: str = typer.Option("auto", "--scoring", help="a decoder run: beam (constrained search) | full_catalog (exact likelihood of every item) | auto"),
 ) -> None:
     """Evaluate one model (a registry baseline trained here, or a run directory) with full ranking."""
     from llmrec.config import load_yaml
     from llmrec.data.dataset import PreparedDataset
     from llmrec.evaluation.evaluate import evaluate, write_metrics, write_ranks
     from llmrec.io import atomic_dir
+    from llmrec.training.ranking_eval import sample_cases
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if (model is None) == (run is None):
         raise typer.BadParameter("pass exactly one of --model or --run")
     if split not in ("valid", "test"):
         raise typer.BadParameter(f"--split must be valid or test, got {split!r}")
+    if users is not None and users <= 0:
+        raise typer.BadParameter(f"--users must be positive, got {users}")
+    if scoring not in ("auto", "beam", "full_catalog"):
+        raise typer.BadParameter(f"--scoring must be auto, beam or full_catalog, got {scoring!r}")
+    if scoring != "auto" and run is None:
+        raise typer.BadParameter("--scoring applies to a run directory (--run)")
     dataset = PreparedDataset.load(dataset_dir)
-    scorer = _load_model(dataset, model, run, load_yaml(params) if params else {}, seed)
-    cases = dataset.eval_cases(split)
+    scorer = _load_model(dataset, model, run, load_yaml(params) if params else {}, seed, scoring)
+    cases = sample_cases(dataset.eval_cases(split), users, seed)
     result = evaluate(scorer, cases, len(dataset.catalog), batch_size=batch_size, sampled_negatives=sampled_negatives, seed=seed)
     extra = {"dataset_dir": str(dataset_dir), "split": split, "model": model or str(run), "seed": seed,
+             "users": len(cases), "scoring": scoring,
              "command": shlex.join(["llmrec", *sys.argv[1:]])}
     with atomic_dir(out, overwrite=True) as tmp:
         write_metrics(result, tmp / "metrics.json", extra)
@@ -93,7 +106,7 @@ def evaluate_command(
     typer.echo(f"written to {out}")
 
 
-def _load_model(dataset: Any, model: str | None, run: Path | None, params: dict[str, Any], seed: int) -> Any:
+def _load_model(dataset: Any, model: str | None, run: Path | None, params: dict[str, Any], seed: int, scoring: str) -> Any:
     if model is not None:
         from llmrec.benchmark import get_builder
 
@@ -107,7 +120,7 @@ def _load_model(dataset: Any, model: str | None, run: Path | None, params: dict[
     except ModuleNotFoundError:
         raise typer.BadParameter("--run needs llmrec.recommender, which this installation lacks") from None
     assert run is not None
-    return Recommender.load(run)
+    return Recommender.load(run, scoring=scoring)
 
 
 def register(app: typer.Typer) -> None:

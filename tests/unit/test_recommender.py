@@ -240,3 +240,34 @@ def test_cli_recommend_and_explain(decoder_run: Path):
     assert missing.exit_code == 1 and "user id 'nobody'" in missing.output
     both = runner.invoke(cli(), ["recommend", "--run", str(decoder_run), "--user", "1", "--history", "6"])
     assert both.exit_code == 2
+
+
+def test_cli_evaluate_a_user_subset_with_either_scoring(decoder_run: Path, tmp_path: Path):
+    """``evaluate --users N --scoring`` ranks the same seeded users by beam search and exact scores."""
+    import pandas as pd
+
+    from llmrec.commands import evaluate as evaluate_cmd
+
+    app = typer.Typer()
+    evaluate_cmd.register(app)
+    runner = CliRunner()
+    data_dir = str(decoder_run.parent / "data")
+    users: dict[str, set[str]] = {}
+    for scoring in ("beam", "full_catalog"):
+        out = tmp_path / scoring
+        done = runner.invoke(app, ["evaluate", "--run", str(decoder_run), "--dataset-dir", data_dir, "--split", "valid",
+                                   "--users", "3", "--seed", "1", "--scoring", scoring, "--out", str(out)])
+        assert done.exit_code == 0, done.output
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert metrics["users"] == 3 and metrics["scoring"] == scoring and metrics["split"] == "valid"
+        ranks = pd.read_parquet(out / "ranks.parquet")
+        assert len(ranks) == 3
+        users[scoring] = set(ranks["user_id"].astype(str))
+    assert users["beam"] == users["full_catalog"]  # the subset depends on --seed only
+    for bad in (["--users", "0"], ["--scoring", "greedy"]):
+        refused = runner.invoke(app, ["evaluate", "--run", str(decoder_run), "--dataset-dir", data_dir, "--out",
+                                      str(tmp_path / "x"), *bad])
+        assert refused.exit_code == 2 and not (tmp_path / "x").exists()
+    registry = runner.invoke(app, ["evaluate", "--model", "pop", "--dataset-dir", data_dir, "--scoring", "beam",
+                                   "--out", str(tmp_path / "y")])
+    assert registry.exit_code == 2 and "--run" in registry.output
