@@ -22,13 +22,13 @@ from llmrec.config import ConfigError, RunConfig, from_dict
 from llmrec.data.dataset import PreparedDataset, catalog_fingerprint
 from llmrec.data.schema import Catalog, UserSequence
 from llmrec.explain import Explainer, decoder_item_embedder, embedding_similarity, generate_text
+from llmrec.training.run_dir import INCOMPLETE_MARKER  # written by training while it runs
 
 log = logging.getLogger(__name__)
 
 KINDS = ("decoder", "encoder")
 REQUIRED_RUN_FIELDS = ("kind", "base_model", "dataset_dir", "catalog_fingerprint")
 EXPLAIN_TEMPLATE = "explain"
-INCOMPLETE_MARKER = ".incomplete"  # written by training while it runs (llmrec.training.run_dir)
 
 
 class CatalogChangedError(RuntimeError):
