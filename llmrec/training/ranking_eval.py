@@ -131,9 +131,11 @@ def ranking_eval_fn(
         accelerator: shard the users over processes and gather (every process must call the hook).
 
     Returns:
-        ``eval_fn(model, tokenizer) -> {"ndcg@10", "hr@10", "mrr@10", ..., "valid_item_rate", "rank_seconds"}``.
+        ``eval_fn(model, tokenizer) -> {"ndcg@10", "ndcg@10_se", "hr@10", "mrr@10", ..., "valid_item_rate", "rank_seconds"}``
+        (``ndcg@10_se``: the standard error of NDCG@10 over the sampled users).
     """
     from llmrec.evaluation.evaluate import evaluate
+    from llmrec.evaluation.metrics import ndcg_standard_error
 
     cases = sample_cases(dataset.eval_cases("valid"), num_users, seed)
     if not cases:
@@ -147,6 +149,7 @@ def ranking_eval_fn(
         result = evaluate(ranker, cases, len(catalog), ks=cutoffs, exclude_history=exclude_history,
                           batch_size=batch_size, accelerator=accelerator)
         out = {k: v for k, v in result.metrics.items() if k != "num_queries"}
+        out["ndcg@10_se"] = ndcg_standard_error(result.ranks, 10)  # how far apart two epochs must be
         out["rank_seconds"] = time.perf_counter() - started
         out["valid_users"] = float(len(cases))
         return out

@@ -99,6 +99,7 @@ def test_recipe_trains_end_to_end_and_validates_on_ranking(trained: dict[str, An
     assert metrics["global_step"] == 3
     (last,) = metrics["evals"]
     assert 0.0 <= last["ndcg@10"] <= 1.0 and last["valid_item_rate"] == 1.0 and last["valid_users"] == 5
+    assert 0.0 <= last["ndcg@10_se"] <= 1.0
     assert (run_dir / "adapter" / "adapter_config.json").is_file()
     assert json.loads((run_dir / "benchmark_train.json").read_text())["train_time_s"] > 0
     ranker = trained["ranker"]

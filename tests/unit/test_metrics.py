@@ -15,6 +15,7 @@ from llmrec.evaluation.metrics import (
     mrr_at_k,
     multilabel_auc,
     ndcg_at_k,
+    ndcg_standard_error,
     precision_at_k,
     ranking_metrics,
     recall_at_k,
@@ -35,6 +36,13 @@ def test_ndcg_by_hand():
     assert ndcg_at_k(RANKS, 1) == pytest.approx(0.25)
     assert ndcg_at_k(RANKS, 5) == pytest.approx((1.0 + 1.0 / math.log2(4)) / 4)  # (1 + 0.5) / 4
     assert ndcg_at_k(RANKS, 20) == pytest.approx((1.0 + 0.5 + 1.0 / math.log2(12)) / 4)
+
+
+def test_ndcg_standard_error_by_hand():
+    gains = np.array([1.0, 0.5, 0.0, 0.0])  # NDCG@5 gains of RANKS
+    assert ndcg_standard_error(RANKS, 5) == pytest.approx(gains.std(ddof=1) / 2.0)
+    assert ndcg_standard_error([3], 10) == 0.0
+    assert ndcg_standard_error([0, 0, 0], 10) == 0.0  # every query equal: no spread
 
 
 def test_mrr_by_hand():
