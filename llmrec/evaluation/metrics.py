@@ -44,40 +44,48 @@ def hit_mask(ranks: Any, k: int) -> npt.NDArray[np.bool_]:
     return (array >= 0) & (array < k)
 
 
+def query_gains(ranks: Any, k: int, metric: str) -> npt.NDArray[np.float64]:
+    """Per query, the gain that ``metric`` (``hr``, ``ndcg`` or ``mrr``) at ``k`` averages."""
+    array = _ranks(ranks)
+    hits = hit_mask(array, k)
+    gains = np.zeros(array.shape, dtype=np.float64)
+    if metric == "hr":
+        gains[hits] = 1.0
+    elif metric == "ndcg":
+        gains[hits] = 1.0 / np.log2(array[hits] + 2.0)
+    elif metric == "mrr":
+        gains[hits] = 1.0 / (array[hits] + 1.0)
+    else:
+        raise ValueError(f"metric must be hr, ndcg or mrr, got {metric!r}")
+    return gains
+
+
 def hr_at_k(ranks: Any, k: int) -> float:
     """Hit rate at ``k``: share of queries whose target is in the top ``k``."""
-    return float(hit_mask(ranks, k).mean())
+    return float(query_gains(ranks, k, "hr").mean())
 
 
 def ndcg_at_k(ranks: Any, k: int) -> float:
     """NDCG at ``k`` with one relevant item per query: ``1 / log2(rank + 2)`` inside the top ``k``."""
-    array = _ranks(ranks)
-    hits = hit_mask(array, k)
-    gains = np.zeros(array.shape, dtype=np.float64)
-    gains[hits] = 1.0 / np.log2(array[hits] + 2.0)
-    return float(gains.mean())
+    return float(query_gains(ranks, k, "ndcg").mean())
 
 
 def ndcg_standard_error(ranks: Any, k: int) -> float:
     """Standard error of :func:`ndcg_at_k` over the queries: sample std of the per-query gains
     divided by ``sqrt(n)`` (0 for a single query). On 100 users an NDCG@10 near 0.04 carries a
     standard error near 0.015: differences below ~0.03 between two runs there are noise."""
-    array = _ranks(ranks)
-    if array.size < 2:
-        return 0.0
-    hits = hit_mask(array, k)
-    gains = np.zeros(array.shape, dtype=np.float64)
-    gains[hits] = 1.0 / np.log2(array[hits] + 2.0)
-    return float(gains.std(ddof=1) / np.sqrt(array.size))
+    return standard_error(query_gains(ranks, k, "ndcg"))
+
+
+def standard_error(values: Any) -> float:
+    """Standard error of the mean of ``values`` (sample std / sqrt(n); 0 for fewer than two)."""
+    array = np.asarray(values, dtype=np.float64)
+    return float(array.std(ddof=1) / np.sqrt(array.size)) if array.size > 1 else 0.0
 
 
 def mrr_at_k(ranks: Any, k: int) -> float:
     """Mean reciprocal rank at ``k``: ``1 / (rank + 1)`` inside the top ``k``, else 0."""
-    array = _ranks(ranks)
-    hits = hit_mask(array, k)
-    gains = np.zeros(array.shape, dtype=np.float64)
-    gains[hits] = 1.0 / (array[hits] + 1.0)
-    return float(gains.mean())
+    return float(query_gains(ranks, k, "mrr").mean())
 
 
 def coverage_at_k(top_lists: Any, k: int, num_items: int) -> float:
