@@ -1,10 +1,11 @@
 """Paired comparison of two models' per-user ranks on the same evaluation cases.
 
 Two rows of a results table differ by noise as well as by merit. Ranked on the *same* users,
-most of that noise is shared, so the per-user difference has a much smaller standard error than
-either row's own metric: this module reports that difference, its standard error, and how alike
-the two top-K lists are (e.g. the search error of a beam search against exact full-catalog
-scores of the same model, or two models' agreement).
+the right error bar for their difference is the standard error of the per-user difference: much
+smaller than either row's own when the two models succeed on the same users (two variants of one
+model), about the same when they recommend different items. This module reports that difference,
+its standard error, and how alike the two top-K lists are (e.g. the search error of a beam search
+against exact full-catalog scores of the same model, or two models' agreement).
 
 Launch (thin entry point)::
 

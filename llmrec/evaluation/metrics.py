@@ -73,7 +73,8 @@ def ndcg_at_k(ranks: Any, k: int) -> float:
 def ndcg_standard_error(ranks: Any, k: int) -> float:
     """Standard error of :func:`ndcg_at_k` over the queries: sample std of the per-query gains
     divided by ``sqrt(n)`` (0 for a single query). On 100 users an NDCG@10 near 0.04 carries a
-    standard error near 0.015: differences below ~0.03 between two runs there are noise."""
+    standard error near 0.015, so two runs scored on 100 users must differ by several hundredths
+    before the difference means anything."""
     return standard_error(query_gains(ranks, k, "ndcg"))
 
 
