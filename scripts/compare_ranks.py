@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, help="write the comparison as JSON here")
     args = parser.parse_args(argv)
     a, b = load_ranks(args.a), load_ranks(args.b)
-    rows = [compare_ranks(a, b, k, metric).as_dict() for k in args.k or [10] for metric in ("hr", "ndcg", "mrr")]
+    rows = [row.as_dict() for row in compare_ranks(a, b, ks=args.k or [10])]
     print(f"a = {args.a}\nb = {args.b}\n{rows[0]['users']} users")
     print(f"{'metric':<9} {'a':>8} {'± se':>7} {'b':>8} {'± se':>7} {'b - a':>8} {'± se':>7} {'top-K overlap':>13} {'same rank':>9}")
     for r in rows:

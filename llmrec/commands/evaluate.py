@@ -88,10 +88,13 @@ def evaluate_command(
         raise typer.BadParameter(f"--split must be valid or test, got {split!r}")
     if users is not None and users <= 0:
         raise typer.BadParameter(f"--users must be positive, got {users}")
-    if scoring not in ("auto", "beam", "full_catalog"):
-        raise typer.BadParameter(f"--scoring must be auto, beam or full_catalog, got {scoring!r}")
-    if scoring != "auto" and run is None:
-        raise typer.BadParameter("--scoring applies to a run directory (--run)")
+    if scoring != "auto":
+        from llmrec.recommender import SCORINGS
+
+        if scoring not in SCORINGS:
+            raise typer.BadParameter(f"--scoring must be one of {', '.join(SCORINGS)}, got {scoring!r}")
+        if run is None:
+            raise typer.BadParameter("--scoring applies to a run directory (--run)")
     dataset = PreparedDataset.load(dataset_dir)
     scorer = _load_model(dataset, model, run, load_yaml(params) if params else {}, seed, scoring)
     cases = sample_cases(dataset.eval_cases(split), users, seed)

@@ -17,6 +17,7 @@ folder of ``llmrec benchmark`` (columns ``user_id``, ``target``, ``rank``, ``top
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -72,31 +73,39 @@ class PairedComparison:
         return asdict(self)
 
 
-def compare_ranks(a: pd.DataFrame, b: pd.DataFrame, k: int = 10, metric: str = "ndcg") -> PairedComparison:
-    """Compare two ranks frames of the same evaluation cases, user by user.
+def compare_ranks(
+    a: pd.DataFrame, b: pd.DataFrame, ks: Sequence[int] = (10,), metrics: Sequence[str] = ("hr", "ndcg", "mrr")
+) -> list[PairedComparison]:
+    """Compare two ranks frames of the same evaluation cases, user by user: one row per (K, metric).
 
     Raises:
         ValueError: the frames hold different users, or a user's target differs (different
             splits or datasets): a paired comparison would be meaningless.
     """
     left, right = a.set_index("user_id"), b.set_index("user_id")
-    if set(left.index) != set(right.index):
-        only_a, only_b = len(set(left.index) - set(right.index)), len(set(right.index) - set(left.index))
-        raise ValueError(f"the two ranks files hold different users ({only_a} only in the first, {only_b} only in the second)")
+    users_a, users_b = set(left.index), set(right.index)
+    if users_a != users_b:
+        raise ValueError(f"the two ranks files hold different users ({len(users_a - users_b)} only in the first, "
+                         f"{len(users_b - users_a)} only in the second)")
     right = right.loc[left.index]
     differs = left["target"].to_numpy() != right["target"].to_numpy()
     if differs.any():
         user = left.index[int(np.argmax(differs))]
         raise ValueError(f"user {user!r} has target {left['target'][user]} in the first file and "
                          f"{right['target'][user]} in the second: not the same evaluation cases")
-    gains_a = query_gains(left["rank"].to_numpy(), k, metric)
-    gains_b = query_gains(right["rank"].to_numpy(), k, metric)
-    overlap = [len(set(list(x)[:k]) & set(list(y)[:k])) / k for x, y in zip(left["top_items"], right["top_items"], strict=True)]
-    return PairedComparison(
-        metric=f"{metric}@{k}", users=len(left),
-        a=float(gains_a.mean()), a_se=standard_error(gains_a),
-        b=float(gains_b.mean()), b_se=standard_error(gains_b),
-        diff=float((gains_b - gains_a).mean()), diff_se=standard_error(gains_b - gains_a),
-        overlap=float(np.mean(overlap)),
-        same_rank=float(np.mean(left["rank"].to_numpy() == right["rank"].to_numpy())),
-    )
+    ranks_a, ranks_b = left["rank"].to_numpy(), right["rank"].to_numpy()
+    same_rank = float(np.mean(ranks_a == ranks_b))
+    tops = [(list(x), list(y)) for x, y in zip(left["top_items"], right["top_items"], strict=True)]
+    rows = []
+    for k in ks:
+        overlap = float(np.mean([len(set(x[:k]) & set(y[:k])) / k for x, y in tops]))
+        for metric in metrics:
+            gains_a, gains_b = query_gains(ranks_a, k, metric), query_gains(ranks_b, k, metric)
+            rows.append(PairedComparison(
+                metric=f"{metric}@{k}", users=len(left),
+                a=float(gains_a.mean()), a_se=standard_error(gains_a),
+                b=float(gains_b.mean()), b_se=standard_error(gains_b),
+                diff=float((gains_b - gains_a).mean()), diff_se=standard_error(gains_b - gains_a),
+                overlap=overlap, same_rank=same_rank,
+            ))
+    return rows

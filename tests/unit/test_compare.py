@@ -21,7 +21,7 @@ def frame(ranks: list[int], tops: list[list[int]], targets: list[int] | None = N
 def test_paired_difference_and_overlap_by_hand():
     a = frame([0, 2, -1], [[0, 5], [7, 8], [3, 4]])
     b = frame([0, 0, 1], [[0, 6], [1, 8], [9, 2]])
-    out = compare_ranks(a, b, k=2, metric="ndcg")
+    hr, out, mrr = compare_ranks(a, b, ks=[2])
     gains_a = np.array([1.0, 0.0, 0.0])  # rank 2 is outside the top 2
     gains_b = np.array([1.0, 1.0, 1.0 / math.log2(3)])
     assert out.metric == "ndcg@2" and out.users == 3
@@ -30,14 +30,17 @@ def test_paired_difference_and_overlap_by_hand():
     assert out.diff_se == pytest.approx((gains_b - gains_a).std(ddof=1) / math.sqrt(3))
     assert out.overlap == pytest.approx((0.5 + 0.5 + 0.0) / 3)
     assert out.same_rank == pytest.approx(1 / 3)
-    same = compare_ranks(a, a, k=2, metric="hr")
+    assert (hr.metric, hr.a, hr.b) == ("hr@2", pytest.approx(1 / 3), 1.0)
+    assert (mrr.metric, mrr.b) == ("mrr@2", pytest.approx(2.5 / 3))
+    (same,) = compare_ranks(a, a, ks=[2], metrics=["hr"])
     assert same.diff == 0.0 and same.diff_se == 0.0 and same.overlap == 1.0 and same.same_rank == 1.0
 
 
 def test_rows_are_matched_by_user_not_by_position():
     a = frame([0, 5], [[0], [1]])
     b = a.iloc[::-1].reset_index(drop=True)  # the same users, in the other order
-    assert compare_ranks(a, b, k=1, metric="hr").diff == 0.0 and compare_ranks(a, b, k=1).same_rank == 1.0
+    (row,) = compare_ranks(a, b, ks=[1], metrics=["hr"])
+    assert row.diff == 0.0 and row.same_rank == 1.0
 
 
 @pytest.mark.parametrize(("b", "message"), [
