@@ -88,7 +88,7 @@ class LoraConfig:
 @dataclass
 class TrainConfig:
     output_dir: str = "runs/smollm2-lora"  # run directory
-    format: str = "item_span"  # item_span (whole history, loss on item spans) | prompt_completion | interest_tags (tag head)
+    format: str = "item_span"  # item_span (whole history, loss on item spans) | catalog (item softmax, catalog head) | prompt_completion | interest_tags (tag head)
     epochs: int = 1  # passes over the training examples
     max_steps: int = -1  # stop after this many optimizer steps (-1 = epochs decide)
     batch_size: int = 8  # examples per device per micro-batch
@@ -146,6 +146,14 @@ class EvalConfig:
 
 
 @dataclass
+class CatalogHeadConfig:
+    """The catalog head of ``train.format: catalog`` (``llmrec.modeling.catalog_head``)."""
+
+    item_residuals: bool = False  # add a learned per-item vector (zero-initialised): an item embedding, report as its own row
+    batch_size: int = 16  # users per forward pass when ranking
+
+
+@dataclass
 class RunConfig:
     """The full configuration of one fine-tuning / inference run."""
 
@@ -157,6 +165,7 @@ class RunConfig:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     grounding: GroundingConfig = field(default_factory=GroundingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    catalog_head: CatalogHeadConfig = field(default_factory=CatalogHeadConfig)
 
     def validate(self) -> None:
         """Reject contradictions that no single field can see."""
@@ -166,8 +175,8 @@ class RunConfig:
             (self.data.short_users in ("train", "drop"), "data.short_users must be train or drop"),
             (self.data.timestamp_unit in ("s", "ms"), "data.timestamp_unit must be s or ms"),
             (self.data.k_core >= 0, "data.k_core must be >= 0"),
-            (self.train.format in ("item_span", "prompt_completion", "interest_tags"),
-             "train.format must be item_span, prompt_completion or interest_tags"),
+            (self.train.format in ("item_span", "catalog", "prompt_completion", "interest_tags"),
+             "train.format must be item_span, catalog, prompt_completion or interest_tags"),
             (self.train.format != "interest_tags" or self.prompt.template == "interest_tags",
              "train.format interest_tags needs prompt.template: interest_tags"),
             (self.prompt.chat_format in ("plain", "chat", "auto"), "prompt.chat_format must be plain, chat or auto"),

@@ -15,7 +15,7 @@ Benchmark YAML (``configs/ml100k/benchmark-llm.yaml``)::
           config: [configs/ml100k/smollm2-lora.yaml]   # recipe file(s), merged left to right
           overrides: [train.epochs=2]                  # key=value overrides of the recipe
           run_dir: runs/ml100k-smollm2-lora            # optional: reuse this finished run, no training
-          scoring: beam                                # beam | full_catalog
+          scoring: beam                                # beam | full_catalog | catalog_head (train.format: catalog)
 
 Launch: ``llmrec benchmark --config configs/ml100k/benchmark-llm.yaml``
 """
@@ -44,6 +44,7 @@ DEFAULT_RECIPE = "configs/ml100k/smollm2-lora.yaml"
 TRAIN_TIME_FILE = "benchmark_train.json"  # written into a run trained by the benchmark (its wall time)
 # Runs trained in this process, by resolved output directory: ``llm+pop`` reuses the ``llm`` row's run.
 _TRAINED: dict[str, tuple[Path, float]] = {}
+SCORINGS = ("beam", "full_catalog", "catalog_head")
 
 
 @dataclass
@@ -54,7 +55,7 @@ class LLMParams:
     overrides: list[str] = field(default_factory=list)  # key.sub=value overrides of the recipe
     run_dir: str | None = None  # reuse this finished run (no training); None trains one
     output_dir: str | None = None  # where a new run goes (default: the recipe's train.output_dir + -seed<N>)
-    scoring: str = "beam"  # beam (constrained beam search) | full_catalog (exact likelihood of every item)
+    scoring: str = "beam"  # beam (constrained beam search) | full_catalog (exact likelihood of every item) | catalog_head (train.format: catalog runs)
     num_beams: int | None = None  # beam width at ranking time (None: the recipe's generation.num_beams)
     batch_size: int | None = None  # users per model call at ranking time (None: generation.batch_size)
     valid_users: int | None = 100  # validation users ranked after each epoch (None = all)
@@ -73,8 +74,8 @@ def parse_params(params: dict[str, Any]) -> LLMParams:
     if isinstance(raw.get("config"), str):
         raw["config"] = [raw["config"]]
     parsed = from_dict(LLMParams, raw, "models[].params")
-    if parsed.scoring not in ("beam", "full_catalog"):
-        raise ConfigError(f"models[].params.scoring must be beam or full_catalog, got {parsed.scoring!r}")
+    if parsed.scoring not in SCORINGS:
+        raise ConfigError(f"models[].params.scoring must be one of {SCORINGS}, got {parsed.scoring!r}")
     return parsed
 
 
@@ -98,7 +99,7 @@ class LLMRanker:
 
 
 class LLMScorer(LLMRanker):
-    """A run loaded with ``scoring: full_catalog``: a ``CatalogScorer`` (exact item log-likelihoods)."""
+    """A run loaded with ``scoring: full_catalog`` (exact item log-likelihoods) or ``catalog_head``: a ``CatalogScorer``."""
 
     def score(self, histories: Sequence[UserSequence]) -> torch.Tensor:
         with torch.inference_mode():
@@ -176,8 +177,10 @@ def train_run(run_cfg: RunConfig, dataset: PreparedDataset, params: LLMParams) -
     from llmrec.training.ranking_eval import ranking_eval_fn
     from llmrec.training.run_dir import resume_or_start
 
+    catalog = run_cfg.train.format == "catalog"
     eval_fn = ranking_eval_fn(dataset, run_cfg.prompt, num_users=params.valid_users, seed=run_cfg.train.seed,
-                              num_beams=params.valid_num_beams, batch_size=run_cfg.generation.batch_size)
+                              scoring="catalog_head" if catalog else "beam", num_beams=params.valid_num_beams,
+                              batch_size=run_cfg.catalog_head.batch_size if catalog else run_cfg.generation.batch_size)
     resume = resume_or_start(Path(run_cfg.train.output_dir), run_cfg)
     started = time.perf_counter()
     result = train(run_cfg, command=f"llmrec benchmark (llm, seed {run_cfg.train.seed})", resume=resume,
@@ -215,7 +218,7 @@ def load_ranker(run_dir: Path, dataset: PreparedDataset, params: LLMParams, trai
         inner.batch_size = params.batch_size
     if train_time_s is None:
         train_time_s = recorded_train_time(run_dir)
-    cls = LLMScorer if params.scoring == "full_catalog" else LLMRanker
+    cls = LLMScorer if params.scoring in ("full_catalog", "catalog_head") else LLMRanker
     return cls(recommender, train_time_s, run_dir, best_validation(run_dir))
 
 

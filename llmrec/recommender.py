@@ -23,7 +23,8 @@ Policies (the same in the Python API, the CLI and the HTTP service):
   (:class:`CatalogChangedError`): its item indices would point at other items.
 
 The loaded object implements the evaluator's protocols: a decoder run (beam search) is a
-``TopKRanker``; an encoder run, or a decoder run loaded with ``scoring="full_catalog"``, is a
+``TopKRanker``; an encoder run, a decoder run with a catalog head (``train.format: catalog``) or
+one loaded with ``scoring="full_catalog"``, is a
 ``CatalogScorer`` (and a ``TopKRanker``), so ``evaluate(recommender, cases, N)`` works directly.
 """
 
@@ -45,7 +46,7 @@ from llmrec.run_loading import LoadedRun, ScoreRanker, load_run
 
 log = logging.getLogger(__name__)
 
-SCORINGS = ("auto", "beam", "full_catalog")
+SCORINGS = ("auto", "beam", "full_catalog", "catalog_head")
 # Recommended items whose categories vote for the tags (rank-discounted).
 TAG_POOL = 20
 # Weight of the history's own category shares in the tag score (the co-occurrence prior).
@@ -198,8 +199,9 @@ class Recommender:
         Args:
             run_dir: the run directory written by training.
             device: torch device (None: CUDA when available, else CPU).
-            scoring: ``auto`` (decoder: beam search, encoder: catalog scores), ``beam`` or
-                ``full_catalog`` (decoder: exact log-likelihood of every item, a ``CatalogScorer``).
+            scoring: ``auto`` (decoder: beam search, or its catalog head for a ``train.format:
+                catalog`` run; encoder: catalog scores), ``beam``, ``full_catalog`` (decoder: exact
+                log-likelihood of every item, a ``CatalogScorer``) or ``catalog_head``.
 
         Raises:
             FileNotFoundError / ValueError: a missing or malformed run file, named.

@@ -55,7 +55,7 @@ class LoadedRun:
     config: RunConfig
     dataset: PreparedDataset
     ranker: Any  # TopKRanker (decoder beam search) or ScoreRanker (catalog scorer)
-    method: str  # beam | full_catalog | two_tower
+    method: str  # beam | full_catalog | catalog_head | two_tower
     explainer: Explainer
     grounders: list[tuple[str, Any]]
     model: Any  # the decoder (adapter merged) or the two-tower recommender
@@ -194,15 +194,18 @@ def _load_decoder(
 
     model, tokenizer = load_decoder_model(info, config, device)
     prompts = DecoderPrompts(info.path, config, dataset.catalog, tokenizer)
-    trie = prompts.item_trie(vocab_size=model.get_input_embeddings().weight.shape[0])
     gen = config.generation
     ranker: Any
-    if scoring == "full_catalog":
+    if info.raw.get("format") == "catalog" or scoring == "catalog_head":
+        ranker, method = ScoreRanker(_catalog_head_scorer(info, config, dataset, model, tokenizer, prompts, scoring)), "catalog_head"
+    elif scoring == "full_catalog":
+        trie = prompts.item_trie(vocab_size=model.get_input_embeddings().weight.shape[0])
         scorer = FullCatalogScorer(model, tokenizer, trie, prompts.next_item,
                                    add_special_tokens=prompts.add_special_tokens)
         ranker, method = ScoreRanker(scorer), "full_catalog"
     else:
         # Prompts are tokenized exactly as in training (a tokenizer's own BOS included).
+        trie = prompts.item_trie(vocab_size=model.get_input_embeddings().weight.shape[0])
         ranker = ConstrainedBeamRanker(model, tokenizer, trie, prompts.next_item, num_beams=gen.num_beams,
                                        batch_size=gen.batch_size, add_special_tokens=prompts.add_special_tokens)
         method = "beam"
@@ -217,6 +220,20 @@ def _load_decoder(
     similarity = embedding_similarity(decoder_item_embedder(model, tokenizer, dataset.catalog))
     explainer = Explainer(dataset.catalog, generate, similarity, "decoder_hidden_mean", no_generator_note=note)
     return LoadedRun(info, config, dataset, ranker, method, explainer, grounders, model, tokenizer)
+
+
+def _catalog_head_scorer(info: RunInfo, config: RunConfig, dataset: PreparedDataset, model: Any, tokenizer: Any,
+                         prompts: DecoderPrompts, scoring: str) -> Any:
+    """The catalog-head scorer of a ``train.format: catalog`` run (any other scoring is refused)."""
+    from llmrec.modeling.catalog_head import CATALOG_HEAD_FILE, CatalogHeadScorer, load_catalog_head
+
+    if info.raw.get("format") != "catalog":
+        raise ValueError(f"scoring=catalog_head: run {info.path} was trained with format {info.raw.get('format')!r}, not catalog")
+    if scoring not in ("auto", "catalog_head"):
+        raise ValueError(f"scoring={scoring!r}: run {info.path} has a catalog head, which scores the whole catalog (use auto or catalog_head)")
+    head = load_catalog_head(info.path / CATALOG_HEAD_FILE, model, tokenizer, dataset.catalog, config.prompt)
+    return CatalogHeadScorer(model, tokenizer, head, prompts.next_item, batch_size=config.catalog_head.batch_size,
+                             add_special_tokens=prompts.add_special_tokens)
 
 
 def load_decoder_model(info: RunInfo, config: RunConfig, device: torch.device, merge: bool = True) -> tuple[Any, Any]:

@@ -66,11 +66,9 @@ def tiny_llama(vocab_size: int, seed: int = 0, **overrides: object) -> LlamaForC
     import torch
 
     torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True,
-        **overrides,
-    )
+    shape: dict[str, object] = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+                                "num_key_value_heads": 2, "max_position_embeddings": 512, "tie_word_embeddings": True}
+    config = LlamaConfig(vocab_size=vocab_size, **{**shape, **overrides})  # type: ignore[arg-type]
     return LlamaForCausalLM(config)
 
 

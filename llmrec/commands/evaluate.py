@@ -72,7 +72,7 @@ def evaluate_command(
     batch_size: int = typer.Option(256, "--batch-size", help="users per scoring call"),
     sampled_negatives: int = typer.Option(0, "--sampled-negatives", help="also rank against N seeded negatives (sampled_* metrics)"),
     users: int | None = typer.Option(None, "--users", help="rank a subset of N users seeded by --seed (default: every user)"),
-    scoring: str = typer.Option("auto", "--scoring", help="a decoder run: beam (constrained search) | full_catalog (exact likelihood of every item) | auto"),
+    scoring: str = typer.Option("auto", "--scoring", help="a decoder run: beam (constrained search) | full_catalog (exact likelihood of every item) | catalog_head (train.format: catalog runs) | auto"),
 ) -> None:
     """Evaluate one model (a registry baseline trained here, or a run directory) with full ranking."""
     from llmrec.config import load_yaml

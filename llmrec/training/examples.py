@@ -3,7 +3,7 @@
 Columns: ``input_ids`` (list[int]), ``labels`` (list[int], -100 where there is no loss; labels are
 *not* shifted, the model shifts them), ``user_id`` (str), ``num_targets`` (items with loss).
 
-Three formats (``fmt``):
+Four formats (``fmt``):
 
 * ``prompt_completion``: one example per target position ``t`` of a user's training sequence
   (``t >= 1``; with ``prompt.max_examples_per_user = N > 0`` only the last N), the prompt is the
@@ -17,6 +17,10 @@ Three formats (``fmt``):
   Consecutive windows overlap by one item: window ``[a, b)`` is followed by ``[a', a + 1)``, so
   every event but the user's first gets a loss exactly once, always with at least one item of
   context. ``prompt.max_examples_per_user = N > 0`` keeps the N most recent windows.
+* ``catalog``: the windows of ``item_span``, but each line after the window's first carries one
+  label, the item's **catalog index**, on its first token: the position before it (the previous
+  line's newline) is trained to pick the item out of the whole catalog with the catalog head
+  (:mod:`llmrec.modeling.catalog_head`), which replaces the vocabulary for this format.
 * ``interest_tags``: the ``interest_tags`` prompt before position ``t`` and the categories of item
   ``t`` as the answer (:mod:`llmrec.tags.finetune`), to fine-tune the decoder tag head.
 
@@ -62,7 +66,7 @@ from llmrec.serialize import (
 if TYPE_CHECKING:
     from llmrec.tags.finetune import TagExampleBuilder
 
-EXAMPLE_FORMATS = ("item_span", "prompt_completion", "interest_tags")
+EXAMPLE_FORMATS = ("item_span", "catalog", "prompt_completion", "interest_tags")
 IGNORE_INDEX = -100  # label of tokens without loss (the value transformers' loss ignores)
 EXAMPLES_VERSION = 1  # bump when the example layout changes, so old caches are not reused
 FEATURES = datasets.Features(
@@ -145,8 +149,8 @@ class ExampleBuilder:
         self.template, self.tokenizer, self.cfg, self.fmt = template, tokenizer, cfg, fmt
         self.max_seq_len = max_seq_len
         chat = uses_chat(tokenizer, cfg)
-        if chat and fmt == "item_span":
-            raise PromptError("item_span examples need plain prompts (prompt.chat_format: plain); use prompt_completion with chat")
+        if chat and fmt in ("item_span", "catalog"):
+            raise PromptError(f"{fmt} examples need plain prompts (prompt.chat_format: plain); use prompt_completion with chat")
         self.frame = chat_frame(tokenizer) if chat else None
         self.bos = [] if chat else list(special_prefix(tokenizer))
         head = (self.frame[0] if self.frame else "") + template.prefix()
@@ -199,7 +203,8 @@ class ExampleBuilder:
             yield Example(input_ids, labels, sequence.user_id, 1, prompt.text + completion)
 
     def item_span(self, sequence: UserSequence) -> Iterator[Example]:
-        """Windows of the history, most recent first; loss on each line but the window's first."""
+        """Windows of the history, most recent first; loss on each line but the window's first
+        (its tokens, or for ``catalog`` its item index on its first token)."""
         history = HistoryLines(sequence, self.catalog, self.template, self.tokenizer, self.cfg)
         budget = min(self.cfg.max_history_tokens, self.max_seq_len - self.fixed)
         end, emitted, most = len(sequence), 0, self.cfg.max_examples_per_user
@@ -214,7 +219,12 @@ class ExampleBuilder:
             for segment, ids in zip(segments, pieces, strict=True):
                 input_ids.extend(ids)
                 has_loss = segment.kind == "item" and segment.position > start
-                labels.extend(ids if has_loss else [IGNORE_INDEX] * len(ids))
+                if not has_loss:
+                    labels.extend([IGNORE_INDEX] * len(ids))
+                elif self.fmt == "catalog":  # the item itself, at the line's first token
+                    labels.extend([sequence.items[segment.position]] + [IGNORE_INDEX] * (len(ids) - 1))
+                else:
+                    labels.extend(ids)
             self._check_length(input_ids, sequence.user_id)
             yield Example(input_ids, labels, sequence.user_id, end - start - 1, "".join(s.text for s in segments))
             emitted += 1

@@ -29,6 +29,14 @@ from transformers import get_scheduler
 
 from llmrec.config import RunConfig, to_dict
 from llmrec.io import write_json
+from llmrec.modeling.catalog_head import (
+    CATALOG_HEAD_FILE,
+    attach_catalog_head,
+    attached_head,
+    build_catalog_head,
+    detach_catalog_head,
+    save_catalog_head,
+)
 from llmrec.modeling.dtype import resolve_mixed_precision
 from llmrec.training import checkpoint as ckpt
 from llmrec.training import run_dir as rd
@@ -169,7 +177,8 @@ def build_data(run_cfg: RunConfig, tokenizer: Any, model_dtype: torch.dtype = to
 
     Training examples come from the train split (``build_examples``, cached by config hash); the
     validation examples are one prompt -> validation-item completion per user (train history
-    only), so the validation loss measures exactly the held-out next item.
+    only), so the validation loss measures exactly the held-out next item. ``catalog`` examples
+    (labels are item indices) have no validation loss: their runs are validated by ranking.
     """
     import dataclasses
 
@@ -184,14 +193,18 @@ def build_data(run_cfg: RunConfig, tokenizer: Any, model_dtype: torch.dtype = to
     examples = build_examples(dataset, tokenizer, prompt_cfg, train_cfg.format, train_cfg.max_seq_len,
                               Path(run_cfg.data.prepared_dir) / "cache")
     examples = examples.select_columns(["input_ids", "labels", "num_targets"])
-    valid_cfg = dataclasses.replace(prompt_cfg, max_examples_per_user=1)
-    valid_format = "interest_tags" if train_cfg.format == "interest_tags" else "prompt_completion"
-    builder = make_builder(dataset, load_template(prompt_cfg.template, prompt_cfg.prompts_dir), tokenizer,
-                           valid_cfg, train_cfg.max_seq_len, valid_format)
-    valid = builder.build(dataset.sequences(("train", "valid"))).select_columns(["input_ids", "labels"])
-    if train_cfg.eval_max_users is not None and train_cfg.eval_max_users < len(valid):
-        valid = valid.shuffle(seed=train_cfg.seed).select(range(train_cfg.eval_max_users))  # one example per user
     pad_id = int(tokenizer.pad_token_id)
+    info: dict[str, Any] = {"dataset_dir": str(dataset.root), "catalog_fingerprint": dataset.fingerprint,
+                            "train_examples": len(examples)}
+    valid = None
+    if train_cfg.format != "catalog":  # catalog labels are item indices: no token-level validation loss (rank instead)
+        valid_cfg = dataclasses.replace(prompt_cfg, max_examples_per_user=1)
+        valid_format = "interest_tags" if train_cfg.format == "interest_tags" else "prompt_completion"
+        builder = make_builder(dataset, load_template(prompt_cfg.template, prompt_cfg.prompts_dir), tokenizer,
+                               valid_cfg, train_cfg.max_seq_len, valid_format)
+        valid = builder.build(dataset.sequences(("train", "valid"))).select_columns(["input_ids", "labels"])
+        if train_cfg.eval_max_users is not None and train_cfg.eval_max_users < len(valid):
+            valid = valid.shuffle(seed=train_cfg.seed).select(range(train_cfg.eval_max_users))  # one example per user
 
     def pad(rows: list[dict[str, Any]]) -> Batch:
         return pad_collate(rows, pad_id, "right")  # training needs no generation prompt: pad right
@@ -205,8 +218,7 @@ def build_data(run_cfg: RunConfig, tokenizer: Any, model_dtype: torch.dtype = to
         train_data, collate = pack_examples(examples, train_cfg.max_seq_len), packed
     else:
         train_data, collate = examples, pad
-    info = {"dataset_dir": str(dataset.root), "catalog_fingerprint": dataset.fingerprint,
-            "train_examples": len(examples), "train_rows": len(train_data), "valid_examples": len(valid)}
+    info.update(train_rows=len(train_data), valid_examples=len(valid) if valid is not None else 0)
     return TrainData(train=train_data, collate=collate, valid=valid, info=info, valid_collate=pad)
 
 
@@ -319,6 +331,9 @@ def save_outputs(accelerator: Accelerator, model: torch.nn.Module, tokenizer: An
     if state.evals:
         metrics["final_eval"] = state.evals[-1]
     if accelerator.is_main_process:
+        head = attached_head(inner)
+        if head is not None:
+            save_catalog_head(head, run_dir / CATALOG_HEAD_FILE)
         rd.save_pretrained_dir(inner, run_dir / "adapter")
         rd.save_pretrained_dir(tokenizer, run_dir / "tokenizer")
         rd.save_prompts(run_dir, run_cfg.prompt)
@@ -397,6 +412,7 @@ def train(
         from llmrec.modeling.build import build_model
 
         model, tokenizer = build_model(run_cfg.model, run_cfg.lora)
+    original_head = _attach_head_for_format(run_cfg, model, tokenizer)
     data = data if data is not None else build_data(run_cfg, tokenizer, next(model.parameters()).dtype)
     loss_fn = compute_dtype_loss(loss_fn, model, accelerator, train_cfg.mixed_precision)
     train_loader = build_dataloader(data.train, data.collate, train_cfg.batch_size, True, train_cfg.seed,
@@ -422,7 +438,23 @@ def train(
                            _run_info(run_cfg, accelerator.unwrap_model(model), data), result,
                            state.best_step if restored else state.global_step)
     accelerator.end_training()
+    if original_head is not None:
+        detach_catalog_head(accelerator.unwrap_model(model), original_head)
     return TrainResult(run_dir, state.global_step, metrics["final_train_loss"], metrics, state.history, result)
+
+
+def _attach_head_for_format(run_cfg: RunConfig, model: torch.nn.Module, tokenizer: Any) -> torch.nn.Module | None:
+    """``train.format: catalog``: put a catalog head for the prepared catalog in place of the LM head.
+
+    Returns the LM head it replaced (put back after training), or None for the other formats.
+    """
+    if run_cfg.train.format != "catalog":
+        return None
+    from llmrec.data.dataset import PreparedDataset
+
+    catalog = PreparedDataset.load(run_cfg.data.prepared_dir).catalog
+    head = build_catalog_head(model, tokenizer, catalog, run_cfg.prompt, run_cfg.catalog_head.item_residuals)
+    return attach_catalog_head(model, head)
 
 
 def _restore(accelerator: Accelerator, run_dir: Path, resume: bool) -> ckpt.TrainerState:

@@ -29,7 +29,7 @@ from llmrec.config import PromptConfig
 from llmrec.data.dataset import PreparedDataset
 from llmrec.data.schema import Catalog, EvalCase, UserSequence
 
-SCORINGS = ("beam", "full_catalog")
+SCORINGS = ("beam", "full_catalog", "catalog_head")
 
 
 def sample_cases(cases: Sequence[EvalCase], num_users: int | None, seed: int) -> list[EvalCase]:
@@ -85,8 +85,9 @@ def build_ranker(
         tokenizer: its tokenizer.
         catalog: the items to rank (trie over all of them).
         prompt_cfg: how histories are serialized (the run's ``prompt`` group).
-        scoring: ``beam`` (trie-constrained beam search, a TopKRanker) or ``full_catalog``
-            (exact log-likelihood of every item, a CatalogScorer).
+        scoring: ``beam`` (trie-constrained beam search, a TopKRanker), ``full_catalog``
+            (exact log-likelihood of every item, a CatalogScorer) or ``catalog_head`` (the
+            catalog head a ``train.format: catalog`` model carries, a CatalogScorer).
         num_beams: beams of the search (raised to K by the ranker when K is larger).
         batch_size: users per model call.
     """
@@ -95,9 +96,16 @@ def build_ranker(
 
     if scoring not in SCORINGS:
         raise ValueError(f"scoring must be one of {SCORINGS}, got {scoring!r}")
-    trie = catalog_trie(catalog, prompt_cfg, tokenizer, model.get_input_embeddings().weight.shape[0])
     render = prompt_function(catalog, prompt_cfg, tokenizer)
     special = prompt_adds_special_tokens(tokenizer, prompt_cfg)
+    if scoring == "catalog_head":
+        from llmrec.modeling.catalog_head import CatalogHeadScorer, attached_head
+
+        head = attached_head(model)
+        if head is None:
+            raise ValueError("scoring=catalog_head needs a model trained with train.format: catalog (no catalog head attached)")
+        return CatalogHeadScorer(model, tokenizer, head, render, batch_size=batch_size, add_special_tokens=special)
+    trie = catalog_trie(catalog, prompt_cfg, tokenizer, model.get_input_embeddings().weight.shape[0])
     if scoring == "full_catalog":
         return FullCatalogScorer(model, tokenizer, trie, render, batch_size=batch_size, add_special_tokens=special)
     return ConstrainedBeamRanker(model, tokenizer, trie, render, num_beams=num_beams, batch_size=batch_size,
@@ -123,7 +131,7 @@ def ranking_eval_fn(
         prompt_cfg: the run's prompt settings (same template and budget as training).
         num_users: seeded subset size (None = every validation user).
         seed: seeds the subset (fixed across epochs, so epochs are comparable).
-        scoring: ``beam`` or ``full_catalog`` (see :func:`build_ranker`).
+        scoring: ``beam``, ``full_catalog`` or ``catalog_head`` (see :func:`build_ranker`).
         num_beams: beam width of the search.
         ks: cut-offs reported; 10 is always included (it drives early stopping).
         batch_size: users per model call.

@@ -85,7 +85,7 @@ def test_recipe_loads_and_takes_the_benchmark_dataset_and_seed(dataset: Prepared
 
 @pytest.mark.parametrize("params, message", [
     ({"nope": 1}, "unknown key"),
-    ({"scoring": "greedy"}, "beam or full_catalog"),
+    ({"scoring": "greedy"}, "must be one of"),
     ({"num_beams": "many"}, "num_beams"),
 ])
 def test_bad_params_are_named(params: dict[str, Any], message: str):

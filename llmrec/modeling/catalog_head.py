@@ -1,0 +1,223 @@
+"""A catalog head for a decoder: the next item scored over the whole catalog in one forward pass.
+
+Trie-constrained beam search ranks items by the likelihood of their title tokens, which costs a
+search per user and trains on tokens, not items. The catalog head makes the *item* the unit of
+both training and ranking (``train.format: catalog``):
+
+* every catalog item gets a vector built from its title text: the mean of the decoder's own
+  input embeddings of the title tokens (``Title (Year)`` as the prompts print it). For a model
+  with tied embeddings this lives in the space the LM head compares hidden states with, so
+  before any training ``hidden @ title_vector`` is the mean logit of the title's tokens;
+* a shared ``(d, d)`` projection, initialised to the identity, maps those vectors; with
+  ``catalog_head.item_residuals`` a learned per-item vector (zero at the start) is added,
+  which is collaborative information (an item embedding), so it is reported as its own row;
+* the score of item ``i`` after a history is ``h @ item_i`` where ``h`` is the decoder's last
+  hidden state at the end of the history text (the newline the next title would follow).
+
+During training the head *replaces* the model's ``lm_head`` (:func:`attach_catalog_head`), so the
+loop's loss runs unchanged through the outer (PEFT / DDP) model: the labels of a ``catalog``
+example are catalog indices at the first token of each history line, and
+``logits_to_keep`` asks for logits at the positions before them only. At inference the LM head
+stays the language model's (explanations still generate text) and :class:`CatalogHeadScorer`
+applies the head to the backbone's hidden state. The run directory stores the head's trained
+state in ``catalog_head.pt`` (title vectors are recomputed from the base weights on load).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from llmrec.data.schema import Catalog, UserSequence
+from llmrec.io import atomic_file
+
+CATALOG_HEAD_FILE = "catalog_head.pt"  # trained head state in a run directory
+
+
+class CatalogHead(nn.Module):
+    """Scores hidden states against every catalog item: ``(..., d) -> (..., N)``.
+
+    Args:
+        titles: ``(N, d)`` title vectors (:func:`title_vectors`), a buffer: never trained.
+        item_ids: catalog ids of the rows, in item-index order.
+        residuals: learn a per-item vector added to the projected title vector.
+    """
+
+    def __init__(self, titles: torch.Tensor, item_ids: Sequence[str], residuals: bool = False):
+        super().__init__()
+        num_items, dim = titles.shape
+        if num_items != len(item_ids):
+            raise ValueError(f"{num_items} title vectors for {len(item_ids)} item ids")
+        self.item_ids = list(item_ids)
+        self.register_buffer("titles", titles.detach().float().clone(), persistent=False)
+        self.proj = nn.Linear(dim, dim, bias=False)
+        with torch.no_grad():
+            self.proj.weight.copy_(torch.eye(dim))
+        self.residuals = nn.Parameter(torch.zeros(num_items, dim)) if residuals else None
+
+    def item_matrix(self) -> torch.Tensor:
+        """``(N, d)`` what hidden states are scored against."""
+        items = self.proj(self.titles)
+        return items if self.residuals is None else items + self.residuals
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        items = self.item_matrix()
+        return nn.functional.linear(hidden.to(items.dtype), items)
+
+    def head_state(self) -> dict[str, Any]:
+        """What :func:`save_catalog_head` writes: the trained tensors and the row ids."""
+        state = {"proj": self.proj.weight.detach().float().cpu(), "item_ids": self.item_ids}
+        if self.residuals is not None:
+            state["residuals"] = self.residuals.detach().float().cpu()
+        return state
+
+
+def title_texts(catalog: Catalog, prompt_cfg: Any, template: Any) -> list[str]:
+    """Each item's title exactly as a history line starts with it (the completion minus its newline)."""
+    from llmrec.serialize import completion_text
+
+    return [completion_text(item, prompt_cfg, template).rstrip("\n") for item in catalog]
+
+
+@torch.no_grad()
+def title_vectors(embeddings: torch.Tensor, tokenizer: Any, texts: Sequence[str]) -> torch.Tensor:
+    """``(N, d)`` mean input embedding of each text's tokens (fp32).
+
+    Args:
+        embeddings: ``(V, d)`` input embedding matrix of the decoder.
+        tokenizer: its tokenizer (no special tokens are added).
+        texts: one title per item.
+    """
+    ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    out = torch.zeros(len(texts), embeddings.shape[1])
+    for row, tokens in enumerate(ids):
+        if not tokens:
+            raise ValueError(f"item {row}: title {texts[row]!r} has no tokens")
+        out[row] = embeddings[torch.tensor(tokens, device=embeddings.device)].float().mean(dim=0).cpu()
+    return out
+
+
+def build_catalog_head(model: Any, tokenizer: Any, catalog: Catalog, prompt_cfg: Any, residuals: bool) -> CatalogHead:
+    """A fresh head for ``catalog`` from ``model``'s input embeddings and the prompt's title format."""
+    from llmrec.prompts import load_template
+
+    template = load_template(prompt_cfg.template, prompt_cfg.prompts_dir)
+    embeddings = model.get_input_embeddings().weight
+    head = CatalogHead(title_vectors(embeddings, tokenizer, title_texts(catalog, prompt_cfg, template)),
+                       catalog.item_ids, residuals)
+    return head.to(embeddings.device)
+
+
+def _language_model(model: nn.Module) -> Any:
+    from llmrec.training.loss import unwrap
+
+    inner = unwrap(model)
+    if not hasattr(inner, "lm_head"):
+        raise ValueError(f"{type(inner).__name__} has no lm_head: the catalog head needs a causal LM")
+    return inner
+
+
+def attach_catalog_head(model: nn.Module, head: CatalogHead) -> nn.Module:
+    """Put ``head`` in place of the model's ``lm_head``; returns the LM head it replaced.
+
+    The head's parameters then belong to the model (optimizer, checkpoints and resume see them).
+    """
+    inner = _language_model(model)
+    original: nn.Module = inner.lm_head
+    inner.lm_head = head
+    return original
+
+
+def detach_catalog_head(model: nn.Module, original: nn.Module) -> None:
+    """Put the language-model head back (after training)."""
+    _language_model(model).lm_head = original
+
+
+def attached_head(model: nn.Module) -> CatalogHead | None:
+    """The catalog head attached to ``model`` (None when its ``lm_head`` is a language-model head)."""
+    head = getattr(_language_model(model), "lm_head", None)
+    return head if isinstance(head, CatalogHead) else None
+
+
+def save_catalog_head(head: CatalogHead, path: Path) -> None:
+    """Write the head's trained state (atomically)."""
+    with atomic_file(path, mode="wb") as handle:
+        torch.save(head.head_state(), handle)
+
+
+def load_catalog_head(path: Path, model: Any, tokenizer: Any, catalog: Catalog, prompt_cfg: Any) -> CatalogHead:
+    """Rebuild the head of a run for ``catalog``: title vectors from ``model``, trained state from ``path``.
+
+    Residuals are matched by item id; an item the run never saw scores by its title alone.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"{path.parent} is a catalog-head run but {path.name} is missing")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    head = build_catalog_head(model, tokenizer, catalog, prompt_cfg, residuals="residuals" in state)
+    device = head.titles.device
+    with torch.no_grad():
+        head.proj.weight.copy_(state["proj"])
+        if head.residuals is not None:
+            known = {item_id: row for row, item_id in enumerate(state["item_ids"])}
+            rows = torch.tensor([known.get(item_id, -1) for item_id in catalog.item_ids])
+            hit = rows >= 0
+            head.residuals.zero_()
+            head.residuals[hit.to(device)] = state["residuals"][rows[hit]].to(device)
+    return head.eval()
+
+
+def last_positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` index of each row's last real token (left or right padding)."""
+    length = attention_mask.shape[1]
+    return length - 1 - attention_mask.flip(dims=[1]).long().argmax(dim=1)
+
+
+class CatalogHeadScorer:
+    """``CatalogScorer`` of a decoder with a catalog head: ``(B, N)`` scores, one forward pass per batch.
+
+    Args:
+        model: the decoder (PEFT-wrapped or merged), in eval mode.
+        tokenizer: its tokenizer.
+        head: the trained :class:`CatalogHead` for the catalog being ranked.
+        render: ``history -> prompt text`` (the run's template; the prompt ends where a title would start).
+        batch_size: users per forward pass.
+        add_special_tokens: tokenize prompts as training did.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, head: CatalogHead, render: Callable[[UserSequence], str],
+                 batch_size: int = 16, add_special_tokens: bool = True):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.head = head
+        self.render = render
+        self.batch_size = batch_size
+        self.add_special_tokens = add_special_tokens
+        inner = _language_model(model)
+        self.backbone = getattr(inner, inner.base_model_prefix)  # the transformer without its LM head
+
+    @torch.no_grad()
+    def hidden(self, histories: Sequence[UserSequence]) -> torch.Tensor:
+        """``(B, d)`` last hidden state after each history's prompt."""
+        device = self.head.titles.device
+        batch = self.tokenizer([self.render(h) for h in histories], return_tensors="pt", padding=True,
+                               add_special_tokens=self.add_special_tokens)
+        mask = batch["attention_mask"].to(device)
+        positions = (mask.long().cumsum(dim=1) - 1).clamp(min=0)  # left padding must not shift positions
+        out = self.backbone(input_ids=batch["input_ids"].to(device), attention_mask=mask, position_ids=positions,
+                            use_cache=False)
+        states = out.last_hidden_state  # (B, T, d)
+        return states[torch.arange(len(histories), device=device), last_positions(mask)]
+
+    @torch.no_grad()
+    def score(self, histories: Sequence[UserSequence]) -> torch.Tensor:
+        """``(len(histories), N)`` item scores (higher is better), fp32 on the CPU."""
+        if not histories:
+            return torch.zeros(0, len(self.head.item_ids))
+        chunks = []
+        for start in range(0, len(histories), self.batch_size):
+            chunks.append(self.head(self.hidden(histories[start:start + self.batch_size])).float().cpu())
+        return torch.cat(chunks)

@@ -1,0 +1,227 @@
+"""The catalog head (``train.format: catalog``): examples, loss, scorer, run round trip, benchmark row.
+
+Tiny random-init Llama with the fixture tokenizer, offline; the recipe
+``configs/ml100k/smollm2-catalog.yaml`` itself is run with only the model swapped and a few steps.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from llmrec.config import ConfigError, PromptConfig, load_config
+from llmrec.data.dataset import PreparedDataset
+from llmrec.evaluation.evaluate import evaluate
+from llmrec.evaluation.protocol import CatalogScorer
+from llmrec.llm_benchmark import LLMScorer, build_and_train
+from llmrec.modeling.catalog_head import (
+    CATALOG_HEAD_FILE,
+    CatalogHead,
+    CatalogHeadScorer,
+    attach_catalog_head,
+    attached_head,
+    build_catalog_head,
+    detach_catalog_head,
+    last_positions,
+    load_catalog_head,
+    title_vectors,
+)
+from llmrec.prompts import load_template
+from llmrec.recommender import Recommender
+from llmrec.training.examples import IGNORE_INDEX, ExampleBuilder, training_sequences
+from llmrec.training.loss import causal_lm_loss_on_labels
+from llmrec.training.ranking_eval import prompt_function
+from tests.fixtures_run import _tokenizer, build_dataset
+from tests.tiny import tiny_llama
+
+REPO = Path(__file__).resolve().parents[2]
+RECIPE = str(REPO / "configs" / "ml100k" / "smollm2-catalog.yaml")
+TINY_LLAMA = ("{model_type: llama, hidden_size: 32, intermediate_size: 64, num_hidden_layers: 2, "
+              "num_attention_heads: 4, num_key_value_heads: 2, max_position_embeddings: 512, tie_word_embeddings: true}")
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> PreparedDataset:
+    return build_dataset(tmp_path_factory.mktemp("catalog-head") / "data")
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> Any:
+    tok = _tokenizer()
+    tok.padding_side = "left"
+    return tok
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer: Any) -> Path:
+    path = tmp_path_factory.mktemp("catalog-tok") / "tokenizer"
+    tokenizer.save_pretrained(str(path))
+    return path
+
+
+def prompt_cfg() -> PromptConfig:
+    return PromptConfig(template="next_item", max_history_items=6, max_history_tokens=200, include_year=True)
+
+
+def test_catalog_examples_label_each_line_start_with_its_item(dataset: PreparedDataset, tokenizer: Any):
+    cfg = prompt_cfg()
+    template = load_template(cfg.template)
+    spans = ExampleBuilder(dataset, template, tokenizer, cfg, 256, "item_span")
+    items = ExampleBuilder(dataset, template, tokenizer, cfg, 256, "catalog")
+    for sequence in training_sequences(dataset)[:4]:
+        for span, example in zip(spans.item_span(sequence), items.item_span(sequence), strict=True):
+            assert span.input_ids == example.input_ids and span.num_targets == example.num_targets
+            labelled = [i for i, label in enumerate(example.labels) if label != IGNORE_INDEX]
+            assert len(labelled) == example.num_targets  # one label per line after the window's first
+            newline = tokenizer.convert_tokens_to_ids(tokenizer.tokenize("\n"))[-1]
+            for i in labelled:
+                assert example.input_ids[i - 1] == newline  # predicted from the previous line's newline
+                assert span.labels[i] == example.input_ids[i]  # the first token of a labelled item_span line
+            # the labels are the window's items after its first, in order
+            window = [label for label in example.labels if label != IGNORE_INDEX]
+            end = sequence.items.index(window[-1]) + 1
+            assert window == list(sequence.items[end - len(window):end])
+
+
+def test_title_vectors_are_mean_input_embeddings(tokenizer: Any):
+    embeddings = torch.randn(len(tokenizer), 8)
+    vectors = title_vectors(embeddings, tokenizer, ["Heat (1995)", "Fargo (1996)"])
+    ids = tokenizer(["Heat (1995)"], add_special_tokens=False)["input_ids"][0]
+    torch.testing.assert_close(vectors[0], embeddings[ids].mean(dim=0))
+    assert vectors.shape == (2, 8)
+
+
+def test_head_starts_as_the_mean_title_token_logit_and_trains_only_its_own_tensors(dataset: PreparedDataset, tokenizer: Any):
+    model = tiny_llama(len(tokenizer))
+    head = build_catalog_head(model, tokenizer, dataset.catalog, prompt_cfg(), residuals=False)
+    hidden = torch.randn(3, model.config.hidden_size)
+    # identity projection: h @ mean(E[title]) = mean over the title's tokens of the LM logit h @ E[token]
+    logits = model.lm_head(hidden)  # (3, V)
+    ids = tokenizer([dataset.catalog[0].display_title()], add_special_tokens=False)["input_ids"][0]
+    torch.testing.assert_close(head(hidden)[:, 0], logits[:, ids].mean(dim=1), rtol=1e-4, atol=1e-5)
+    assert [n for n, _ in head.named_parameters()] == ["proj.weight"]
+    with_ids = CatalogHead(head.titles, head.item_ids, residuals=True)
+    assert sorted(n for n, _ in with_ids.named_parameters()) == ["proj.weight", "residuals"]
+    torch.testing.assert_close(with_ids(hidden), head(hidden))  # residuals start at zero
+
+
+def test_catalog_loss_is_the_item_softmax_at_the_line_starts(dataset: PreparedDataset, tokenizer: Any):
+    model = tiny_llama(len(tokenizer))
+    head = build_catalog_head(model, tokenizer, dataset.catalog, prompt_cfg(), residuals=True)
+    original = attach_catalog_head(model, head)
+    assert attached_head(model) is head
+    builder = ExampleBuilder(dataset, load_template("next_item"), tokenizer, prompt_cfg(), 256, "catalog")
+    example = next(builder.item_span(training_sequences(dataset)[0]))
+    batch = {"input_ids": torch.tensor([example.input_ids]), "labels": torch.tensor([example.labels]),
+             "attention_mask": torch.ones(1, len(example.input_ids), dtype=torch.long)}
+    loss = causal_lm_loss_on_labels(model, batch)
+    hidden = model.model(input_ids=batch["input_ids"]).last_hidden_state[0]  # (T, d)
+    labels = torch.tensor(example.labels)
+    where = (labels != IGNORE_INDEX).nonzero().squeeze(1)
+    expected = torch.nn.functional.cross_entropy(head(hidden[where - 1]), labels[where])
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+    loss.backward()
+    assert head.proj.weight.grad is not None and head.residuals is not None and head.residuals.grad is not None
+    detach_catalog_head(model, original)
+    assert attached_head(model) is None and model.lm_head is original
+
+
+def test_last_positions_handles_left_and_right_padding():
+    left = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])
+    right = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])
+    assert last_positions(left).tolist() == [3, 3]
+    assert last_positions(right).tolist() == [1, 3]
+
+
+def test_scorer_gives_a_history_the_same_scores_alone_and_in_a_padded_batch(dataset: PreparedDataset, tokenizer: Any):
+    model = tiny_llama(len(tokenizer)).eval()
+    head = build_catalog_head(model, tokenizer, dataset.catalog, prompt_cfg(), residuals=False)
+    render = prompt_function(dataset.catalog, prompt_cfg(), tokenizer)
+    scorer = CatalogHeadScorer(model, tokenizer, head, render, batch_size=4, add_special_tokens=True)
+    assert isinstance(scorer, CatalogScorer)
+    histories = [case.history for case in dataset.eval_cases("test")[:4]]
+    together = scorer.score(histories)
+    assert together.shape == (4, len(dataset.catalog))
+    for row, history in enumerate(histories):
+        torch.testing.assert_close(scorer.score([history])[0], together[row], rtol=1e-4, atol=1e-4)
+    # the score is the head applied to the last hidden state of the unpadded prompt
+    ids = tokenizer([render(histories[0])], return_tensors="pt")["input_ids"]
+    hidden = model.model(input_ids=ids).last_hidden_state[0, -1]
+    torch.testing.assert_close(together[0], head(hidden), rtol=1e-4, atol=1e-4)
+
+
+def tiny_overrides(tokenizer_dir: Path) -> list[str]:
+    return [f"model.name_or_path={tokenizer_dir}", f"model.random_init_config={TINY_LLAMA}", "model.dtype=fp32",
+            "train.max_steps=3", "train.batch_size=2", "train.max_seq_len=256", "train.mixed_precision='no'",
+            "train.save_every_steps=0"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, dataset: PreparedDataset, tokenizer_dir: Path) -> dict[str, Any]:
+    """The recipe through the benchmark's ``llm`` entry: trains 3 steps, validation-ranks, loads the run."""
+    out = tmp_path_factory.mktemp("catalog-run") / "run"
+    params = {"config": [RECIPE], "overrides": [*tiny_overrides(tokenizer_dir), "catalog_head.item_residuals=true"],
+              "output_dir": str(out), "valid_users": 5, "device": "cpu", "scoring": "catalog_head"}
+    ranker = build_and_train(dataset, params, seed=0)
+    return {"ranker": ranker, "run_dir": out / "seed0" if (out / "seed0").is_dir() else out}
+
+
+def test_recipe_is_the_item_span_recipe_with_the_catalog_format():
+    recipe = load_config([RECIPE])
+    base = load_config([str(REPO / "configs" / "ml100k" / "smollm2-lora.yaml")])
+    assert recipe.train.format == "catalog" and not recipe.catalog_head.item_residuals
+    assert recipe.prompt == base.prompt and recipe.model == base.model and recipe.lora == base.lora
+
+
+def test_benchmark_row_is_a_catalog_scorer_through_the_shared_evaluator(trained: dict[str, Any], dataset: PreparedDataset):
+    ranker = trained["ranker"]
+    assert isinstance(ranker, LLMScorer)
+    run_dir = ranker.run_dir
+    assert (run_dir / CATALOG_HEAD_FILE).is_file()
+    assert json.loads((run_dir / "run.json").read_text())["format"] == "catalog"
+    evals = json.loads((run_dir / "metrics.json").read_text())["evals"]
+    assert evals and "ndcg@10" in evals[-1] and evals[-1]["valid_users"] == 5.0  # validation ranking ran
+    cases = dataset.eval_cases("test")
+    result = evaluate(ranker, cases, len(dataset.catalog), ks=[5, 10])
+    assert result.metrics["num_queries"] == len(cases)
+    assert 0.0 <= result.metrics["ndcg@10"] <= 1.0
+
+
+def test_run_loads_as_a_catalog_scorer_that_only_recommends_unseen_catalog_items(trained: dict[str, Any], dataset: PreparedDataset):
+    run_dir = trained["ranker"].run_dir
+    recommender = Recommender.load(run_dir, device="cpu")
+    assert recommender.method == "catalog_head"
+    history = dataset.eval_cases("test")[0].history
+    recs = recommender.recommend(history=[dataset.catalog[i].item_id for i in history.items], k=5)
+    assert len(recs) == 5
+    seen = {dataset.catalog[i].item_id for i in history.items}
+    assert all(r.item_id in dataset.catalog.item_ids and r.item_id not in seen for r in recs)
+    with pytest.raises(ValueError, match="catalog head"):
+        Recommender.load(run_dir, device="cpu", scoring="beam")
+
+
+def test_loaded_head_matches_the_trained_one(trained: dict[str, Any], dataset: PreparedDataset, tokenizer: Any):
+    run_dir = trained["ranker"].run_dir
+    state = torch.load(run_dir / CATALOG_HEAD_FILE, weights_only=True)
+    model = tiny_llama(len(tokenizer), hidden_size=32, intermediate_size=64)  # the size TINY_LLAMA trained
+    head = load_catalog_head(run_dir / CATALOG_HEAD_FILE, model, tokenizer, dataset.catalog, prompt_cfg())
+    torch.testing.assert_close(head.proj.weight, state["proj"])
+    assert head.residuals is not None
+    torch.testing.assert_close(head.residuals.detach(), state["residuals"])
+    assert not torch.equal(state["proj"], torch.eye(state["proj"].shape[0]))  # three steps moved it
+
+
+def test_catalog_head_scoring_is_refused_for_a_token_trained_model(dataset: PreparedDataset, tokenizer: Any):
+    from llmrec.training.ranking_eval import build_ranker
+
+    with pytest.raises(ValueError, match="train.format: catalog"):
+        build_ranker(tiny_llama(len(tokenizer)), tokenizer, dataset.catalog, prompt_cfg(), scoring="catalog_head")
+
+
+def test_unknown_format_is_a_config_error():
+    with pytest.raises(ConfigError, match="catalog"):
+        load_config([RECIPE], ["train.format=items"])
