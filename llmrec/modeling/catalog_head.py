@@ -59,6 +59,10 @@ class CatalogHead(nn.Module):
             self.proj.weight.copy_(torch.eye(dim))
         self.residuals = nn.Parameter(torch.zeros(num_items, dim)) if residuals else None
 
+    @property
+    def device(self) -> torch.device:
+        return self.proj.weight.device
+
     def item_matrix(self) -> torch.Tensor:
         """``(N, d)`` what hidden states are scored against."""
         items = self.proj(self.titles)
@@ -158,7 +162,7 @@ def load_catalog_head(path: Path, model: Any, tokenizer: Any, catalog: Catalog, 
         raise FileNotFoundError(f"{path.parent} is a catalog-head run but {path.name} is missing")
     state = torch.load(path, map_location="cpu", weights_only=True)
     head = build_catalog_head(model, tokenizer, catalog, prompt_cfg, residuals="residuals" in state)
-    device = head.titles.device
+    device = head.device
     with torch.no_grad():
         head.proj.weight.copy_(state["proj"])
         if head.residuals is not None:
@@ -202,7 +206,7 @@ class CatalogHeadScorer:
     @torch.no_grad()
     def hidden(self, histories: Sequence[UserSequence]) -> torch.Tensor:
         """``(B, d)`` last hidden state after each history's prompt."""
-        device = self.head.titles.device
+        device = self.head.device
         batch = self.tokenizer([self.render(h) for h in histories], return_tensors="pt", padding=True,
                                add_special_tokens=self.add_special_tokens)
         mask = batch["attention_mask"].to(device)

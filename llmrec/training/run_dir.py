@@ -8,7 +8,7 @@ Layout (the contract read by ``Recommender``, serve and explain)::
     RUN/prompts/*.jinja    templates used                RUN/adapter/      PEFT adapter (save_pretrained)
     RUN/tokenizer/         tokenizer                     RUN/metrics.json  final metrics
     RUN/train_curve.png    loss curve                    RUN/checkpoints/  Accelerate states
-    RUN/logs/              tensorboard
+    RUN/logs/              tensorboard                   RUN/catalog_head.pt  catalog head (train.format: catalog)
 """
 
 from __future__ import annotations
