@@ -142,8 +142,10 @@ def detach_catalog_head(model: nn.Module, original: nn.Module) -> None:
 
 
 def attached_head(model: nn.Module) -> CatalogHead | None:
-    """The catalog head attached to ``model`` (None when its ``lm_head`` is a language-model head)."""
-    head = getattr(_language_model(model), "lm_head", None)
+    """The catalog head attached to ``model`` (None for a language-model head or a model without one)."""
+    from llmrec.training.loss import unwrap
+
+    head = getattr(unwrap(model), "lm_head", None)
     return head if isinstance(head, CatalogHead) else None
 
 

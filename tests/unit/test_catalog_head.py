@@ -215,6 +215,12 @@ def test_loaded_head_matches_the_trained_one(trained: dict[str, Any], dataset: P
     assert not torch.equal(state["proj"], torch.eye(state["proj"].shape[0]))  # three steps moved it
 
 
+def test_a_model_without_lm_head_has_no_attached_head(tokenizer: Any):
+    from tests.tiny import tiny_bert
+
+    assert attached_head(tiny_bert(len(tokenizer))) is None
+
+
 def test_catalog_head_scoring_is_refused_for_a_token_trained_model(dataset: PreparedDataset, tokenizer: Any):
     from llmrec.training.ranking_eval import build_ranker
 
