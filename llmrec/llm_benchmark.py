@@ -37,6 +37,7 @@ from llmrec.config import ConfigError, RunConfig, load_benchmark_recipe
 from llmrec.data.dataset import PreparedDataset
 from llmrec.data.schema import UserSequence
 from llmrec.io import write_json
+from llmrec.training.ranking_eval import SCORINGS  # the scorings a decoder run can be ranked with
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,6 @@ DEFAULT_RECIPE = "configs/ml100k/smollm2-lora.yaml"
 TRAIN_TIME_FILE = "benchmark_train.json"  # written into a run trained by the benchmark (its wall time)
 # Runs trained in this process, by resolved output directory: ``llm+pop`` reuses the ``llm`` row's run.
 _TRAINED: dict[str, tuple[Path, float]] = {}
-SCORINGS = ("beam", "full_catalog", "catalog_head")
 
 
 @dataclass

@@ -37,11 +37,10 @@ from llmrec.training.loss import causal_lm_loss_on_labels
 from llmrec.training.ranking_eval import prompt_function
 from tests.fixtures_run import _tokenizer, build_dataset
 from tests.tiny import tiny_llama
+from tests.unit.train_helpers import tiny_recipe_overrides
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPE = str(REPO / "configs" / "ml100k" / "smollm2-catalog.yaml")
-TINY_LLAMA = ("{model_type: llama, hidden_size: 32, intermediate_size: 64, num_hidden_layers: 2, "
-              "num_attention_heads: 4, num_key_value_heads: 2, max_position_embeddings: 512, tie_word_embeddings: true}")
 
 
 @pytest.fixture(scope="module")
@@ -154,17 +153,11 @@ def test_scorer_gives_a_history_the_same_scores_alone_and_in_a_padded_batch(data
     torch.testing.assert_close(together[0], head(hidden), rtol=1e-4, atol=1e-4)
 
 
-def tiny_overrides(tokenizer_dir: Path) -> list[str]:
-    return [f"model.name_or_path={tokenizer_dir}", f"model.random_init_config={TINY_LLAMA}", "model.dtype=fp32",
-            "train.max_steps=3", "train.batch_size=2", "train.max_seq_len=256", "train.mixed_precision='no'",
-            "train.save_every_steps=0"]
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory, dataset: PreparedDataset, tokenizer_dir: Path) -> dict[str, Any]:
     """The recipe through the benchmark's ``llm`` entry: trains 3 steps, validation-ranks, loads the run."""
     out = tmp_path_factory.mktemp("catalog-run") / "run"
-    params = {"config": [RECIPE], "overrides": [*tiny_overrides(tokenizer_dir), "catalog_head.item_residuals=true"],
+    params = {"config": [RECIPE], "overrides": [*tiny_recipe_overrides(tokenizer_dir), "catalog_head.item_residuals=true"],
               "output_dir": str(out), "valid_users": 5, "device": "cpu", "scoring": "catalog_head"}
     ranker = build_and_train(dataset, params, seed=0)
     return {"ranker": ranker, "run_dir": out / "seed0" if (out / "seed0").is_dir() else out}
@@ -207,7 +200,7 @@ def test_run_loads_as_a_catalog_scorer_that_only_recommends_unseen_catalog_items
 def test_loaded_head_matches_the_trained_one(trained: dict[str, Any], dataset: PreparedDataset, tokenizer: Any):
     run_dir = trained["ranker"].run_dir
     state = torch.load(run_dir / CATALOG_HEAD_FILE, weights_only=True)
-    model = tiny_llama(len(tokenizer), hidden_size=32, intermediate_size=64)  # the size TINY_LLAMA trained
+    model = tiny_llama(len(tokenizer), hidden_size=32, intermediate_size=64)  # the size TINY_RECIPE_LLAMA trained
     head = load_catalog_head(run_dir / CATALOG_HEAD_FILE, model, tokenizer, dataset.catalog, prompt_cfg())
     torch.testing.assert_close(head.proj.weight, state["proj"])
     assert head.residuals is not None

@@ -32,11 +32,10 @@ from llmrec.llm_benchmark import (
 from llmrec.training.ranking_eval import build_ranker, ranking_eval_fn, sample_cases
 from tests.fixtures_run import _tokenizer, build_dataset
 from tests.tiny import tiny_llama
+from tests.unit.train_helpers import tiny_recipe_overrides
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPE = str(REPO / "configs" / "ml100k" / "smollm2-lora.yaml")
-TINY_LLAMA = ("{model_type: llama, hidden_size: 32, intermediate_size: 64, num_hidden_layers: 2, "
-              "num_attention_heads: 4, num_key_value_heads: 2, max_position_embeddings: 512, tie_word_embeddings: true}")
 
 
 @pytest.fixture(scope="module")
@@ -51,18 +50,11 @@ def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def tiny_overrides(tokenizer_dir: Path) -> list[str]:
-    """The recipe, unchanged but for a random-init tiny model, fp32, and a 3-step run."""
-    return [f"model.name_or_path={tokenizer_dir}", f"model.random_init_config={TINY_LLAMA}", "model.dtype=fp32",
-            "model.attn_implementation=eager", "train.max_steps=3", "train.batch_size=2", "train.grad_accum=1",
-            "train.max_seq_len=256", "train.mixed_precision='no'", "train.save_every_steps=0", "train.packing=false"]
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory, dataset: PreparedDataset, tokenizer_dir: Path) -> dict[str, Any]:
     """``llm`` built from the recipe: trains 3 steps, validation-ranks, loads the run as a ranker."""
     out = tmp_path_factory.mktemp("llm-run") / "run"
-    params = {"config": [RECIPE], "overrides": tiny_overrides(tokenizer_dir), "output_dir": str(out),
+    params = {"config": [RECIPE], "overrides": tiny_recipe_overrides(tokenizer_dir), "output_dir": str(out),
               "valid_users": 5, "device": "cpu", "num_beams": 20}
     ranker = build_and_train(dataset, params, seed=0)
     return {"ranker": ranker, "params": params, "run_dir": out}

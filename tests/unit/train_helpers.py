@@ -16,6 +16,16 @@ TINY_LLAMA = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128
 TINY_GPT2 = {"model_type": "gpt2", "n_embd": 64, "n_layer": 2, "n_head": 4, "n_positions": 256}
 TINY_BERT = {"model_type": "bert", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
              "num_attention_heads": 4, "max_position_embeddings": 256}
+# A 32-wide Llama as a YAML override value, for running the repository's recipes on a tiny model.
+TINY_RECIPE_LLAMA = ("{model_type: llama, hidden_size: 32, intermediate_size: 64, num_hidden_layers: 2, "
+                     "num_attention_heads: 4, num_key_value_heads: 2, max_position_embeddings: 512, tie_word_embeddings: true}")
+
+
+def tiny_recipe_overrides(tokenizer_dir: Path) -> list[str]:
+    """A recipe, unchanged but for a random-init tiny model (:data:`TINY_RECIPE_LLAMA`), fp32, and a 3-step run."""
+    return [f"model.name_or_path={tokenizer_dir}", f"model.random_init_config={TINY_RECIPE_LLAMA}", "model.dtype=fp32",
+            "model.attn_implementation=eager", "train.max_steps=3", "train.batch_size=2", "train.grad_accum=1",
+            "train.max_seq_len=256", "train.mixed_precision='no'", "train.save_every_steps=0", "train.packing=false"]
 
 
 def save_tokenizer(tokenizer: Any, root: Path) -> Path:
