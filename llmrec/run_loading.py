@@ -177,7 +177,7 @@ def load_run(run_dir: str | Path, device: str | torch.device | None = None, scor
 def _load_encoder(
     info: RunInfo, config: RunConfig, dataset: PreparedDataset, grounders: list[tuple[str, Any]], device: torch.device
 ) -> LoadedRun:
-    from llmrec.encoder.two_tower import TwoTowerRecommender
+    from llmrec.encoder.recommender import TwoTowerRecommender
 
     model = TwoTowerRecommender.load(info.path, catalog=dataset.catalog, device=str(device))
     similarity = embedding_similarity(lambda indices: model.embed_items()[list(indices)])

@@ -18,8 +18,8 @@ import time
 
 from llmrec.config import load_config
 from llmrec.data.dataset import PreparedDataset
+from llmrec.encoder.recommender import TwoTowerRecommender
 from llmrec.encoder.train import EncoderRunConfig, train_two_tower
-from llmrec.encoder.two_tower import TwoTowerRecommender
 from llmrec.evaluation.evaluate import evaluate, write_metrics
 
 

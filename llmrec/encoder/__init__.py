@@ -1,15 +1,11 @@
 """The BERT-style path: a LoRA-tuned two-tower text recommender on a sentence encoder.
 
-``two_tower`` holds the model, the item-embedding cache and the ``CatalogScorer``
-(:class:`TwoTowerRecommender`); ``train`` the contrastive Accelerate loop and the run directory.
+``two_tower`` holds the model and its loss; ``recommender`` the item-embedding cache and the
+``CatalogScorer`` (:class:`TwoTowerRecommender`); ``train`` the contrastive Accelerate loop and
+the run directory.
 """
 
-from llmrec.encoder.two_tower import (
-    EncoderConfig,
-    ItemEmbeddingCache,
-    TextSpec,
-    TwoTowerModel,
-    TwoTowerRecommender,
-)
+from llmrec.encoder.recommender import ItemEmbeddingCache, TwoTowerRecommender
+from llmrec.encoder.two_tower import EncoderConfig, TextSpec, TwoTowerModel
 
 __all__ = ["EncoderConfig", "ItemEmbeddingCache", "TextSpec", "TwoTowerModel", "TwoTowerRecommender"]

@@ -68,7 +68,7 @@ def resolve_mixed_precision(name: str, device: str | torch.device | None = None)
     CPU: there the weights are already bf16 (``model.dtype: auto``) when the CPU runs bf16, and
     autocast on top of fp32 weights measured slower than bf16 weights (see the README's numbers).
     The training loop adds its own bf16 autocast for a bf16 base with fp32 LoRA adapters
-    (``llmrec.training.loop.compute_dtype_loss``).
+    (``llmrec.training.builders.compute_dtype_loss``).
     """
     if name not in MIXED_PRECISION_MODES:
         raise ConfigError(f"train.mixed_precision {name!r} is not one of {', '.join(MIXED_PRECISION_MODES)}")

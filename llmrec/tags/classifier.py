@@ -29,7 +29,8 @@ import torch
 from llmrec.config import RunConfig, dump_yaml
 from llmrec.data.dataset import PreparedDataset
 from llmrec.data.schema import Catalog, UserSequence
-from llmrec.encoder.train import lora_for_layers, plot_curve, text_spec, training_pairs
+from llmrec.encoder.run_dir import plot_curve
+from llmrec.encoder.train import lora_for_layers, text_spec, training_pairs
 from llmrec.encoder.two_tower import TextSpec, history_document
 from llmrec.io import atomic_dir, write_json
 from llmrec.tags.baselines import FloatArray, tag_matrix
@@ -251,7 +252,7 @@ def _save_tags_run(
     out_dir: Path, cfg: TagsRunConfig, dataset: PreparedDataset, model: Any, tokenizer: Any, tags: list[str],
     history: list[dict[str, float]], command: str | None, overwrite: bool,
 ) -> None:
-    from llmrec.encoder.train import encoder_run_header
+    from llmrec.encoder.run_dir import encoder_run_header
     from llmrec.training.run_dir import package_versions
 
     info = {

@@ -112,8 +112,9 @@ def run_train_benchmark(run_cfg: RunConfig, steps: int = 5, warmup: int = 1, cei
                         ceiling_repeats: int = 5, device: str | None = None) -> dict[str, Any]:
     """Benchmark ``run_cfg``'s training (see the module docstring); returns a JSON-ready dict."""
     from llmrec.modeling.build import build_model
+    from llmrec.training.builders import build_data
     from llmrec.training.collate import example_lengths, packed_collate
-    from llmrec.training.loop import build_data, train
+    from llmrec.training.loop import train
 
     if steps < 1 or warmup < 0:
         raise ValueError(f"steps must be >= 1 and warmup >= 0, got steps={steps}, warmup={warmup}")

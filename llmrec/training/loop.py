@@ -5,7 +5,8 @@ Launch (any Accelerate config in ``configs/accelerate/``)::
     accelerate launch scripts/finetune.py --config configs/ml100k/smollm2-lora.yaml
     llmrec train --config configs/ml100k/smollm2-lora.yaml --resume
 
-The loop follows Hugging Face's ``run_clm_no_trainer.py``: ``accelerator.accumulate`` for gradient
+The pieces it is built from (accelerator, data, dataloaders, optimizer, scheduler) are in
+:mod:`llmrec.training.builders`. The loop follows Hugging Face's ``run_clm_no_trainer.py``: ``accelerator.accumulate`` for gradient
 accumulation, ``save_state`` / ``load_state`` plus ``skip_first_batches`` for resume. Data order
 comes from a seeded sampler (seed + epoch), and every random state is in the checkpoint, so a
 run killed and resumed ends with the same loss as one that never stopped.
@@ -16,48 +17,42 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
-from torch.utils.data import DataLoader
+from accelerate.utils import set_seed
 from tqdm.auto import tqdm
-from transformers import get_scheduler
 
 from llmrec.config import RunConfig, to_dict
 from llmrec.io import write_json
 from llmrec.modeling.catalog_head import (
     CATALOG_HEAD_FILE,
-    attach_catalog_head,
     attached_head,
-    build_catalog_head,
     detach_catalog_head,
     save_catalog_head,
 )
-from llmrec.modeling.dtype import resolve_mixed_precision
 from llmrec.training import checkpoint as ckpt
 from llmrec.training import run_dir as rd
-from llmrec.training.loss import adapters_follow_autocast, select_loss, unwrap
+from llmrec.training.builders import (
+    Batch,
+    LossFn,
+    TrainData,
+    attach_head_for_format,
+    build_accelerator,
+    build_data,
+    build_dataloader,
+    build_optimizer,
+    build_scheduler,
+    compute_dtype_loss,
+)
+from llmrec.training.loss import select_loss
 from llmrec.training.speed import configure_threads
 
-Batch = dict[str, torch.Tensor]
-LossFn = Callable[[torch.nn.Module, Batch], torch.Tensor]
 EvalFn = Callable[[torch.nn.Module, Any], Mapping[str, float]]
 EARLY_STOPPING_METRIC = "ndcg@10"
-
-
-@dataclass
-class TrainData:
-    """What the loop trains on: map-style datasets of examples and the collate function."""
-
-    train: Any  # datasets.Dataset (or any sized, indexable collection) of examples
-    collate: Callable[[list[dict[str, Any]]], Batch]
-    valid: Any | None = None  # examples for the validation loss (None: no validation loss)
-    info: dict[str, Any] = field(default_factory=dict)  # extra run.json fields (dataset_dir, ...)
-    valid_collate: Callable[[list[dict[str, Any]]], Batch] | None = None  # None: same as ``collate``
 
 
 @dataclass
@@ -77,84 +72,6 @@ def causal_lm_loss(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
     return model(**batch).loss  # type: ignore[no-any-return]
 
 
-def build_accelerator(run_cfg: RunConfig, run_dir: Path, device: str | None = None) -> Accelerator:
-    """Accelerator with mixed precision, accumulation, tensorboard under ``RUN/logs`` and a seeded sampler."""
-    train_cfg = run_cfg.train
-    cpu = device == "cpu" or not torch.cuda.is_available()
-    return Accelerator(
-        mixed_precision=resolve_mixed_precision(train_cfg.mixed_precision, "cpu" if cpu else "cuda"),
-        gradient_accumulation_steps=train_cfg.grad_accum,
-        log_with="tensorboard",
-        project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "logs")),
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=train_cfg.seed),
-        cpu=cpu,
-        dynamo_backend="inductor" if train_cfg.compile else "no",
-    )
-
-
-def compute_dtype_loss(loss_fn: LossFn, model: torch.nn.Module, accelerator: Accelerator,
-                       requested: str = "auto") -> LossFn:
-    """Run adapter products in bf16 where the frozen weights are bf16 (see ``adapters_follow_autocast``).
-
-    Under Accelerate's autocast (CUDA) only PEFT's input casting is turned off. On the CPU,
-    Accelerate runs no autocast (``mixed_precision: auto`` -> ``no``: its wrapper would also upcast
-    every output to fp32), so with ``train.mixed_precision: auto`` (``requested``) a bf16 base with
-    fp32 adapters gets a bf16 autocast around the loss. 4-bit (QLoRA) bases keep bitsandbytes' own
-    compute-dtype handling.
-    """
-    inner = unwrap(model)
-    if getattr(inner, "is_loaded_in_4bit", False) or getattr(inner, "hf_quantizer", None) is not None:
-        return loss_fn
-    if accelerator.mixed_precision in ("bf16", "fp16"):
-        return adapters_follow_autocast(loss_fn)
-    frozen_bf16 = any(p.dtype == torch.bfloat16 and not p.requires_grad for p in model.parameters())
-    if accelerator.device.type == "cpu" and frozen_bf16 and requested == "auto":
-        return adapters_follow_autocast(loss_fn, autocast_device="cpu")
-    return loss_fn
-
-
-def build_dataloader(examples: Any, collate: Callable[..., Batch], batch_size: int, shuffle: bool,
-                     seed: int, num_workers: int = 0, group_by_length: bool = False) -> DataLoader:
-    """A DataLoader whose shuffling never touches the global RNG (its own seeded generator).
-
-    ``group_by_length`` (with ``shuffle``): batches of similar-length examples drawn in a seeded,
-    per-epoch order (:class:`llmrec.training.sampler.LengthGroupedSampler`), for padded batches.
-    """
-    if shuffle and group_by_length:
-        from llmrec.training.collate import example_lengths
-        from llmrec.training.sampler import LengthGroupedSampler
-
-        sampler = LengthGroupedSampler(example_lengths(examples), batch_size, seed)
-        return DataLoader(examples, batch_size=batch_size, sampler=sampler, collate_fn=collate,
-                          num_workers=num_workers, drop_last=False)
-    generator = torch.Generator().manual_seed(seed)
-    return DataLoader(examples, batch_size=batch_size, shuffle=shuffle, collate_fn=collate,
-                      generator=generator, num_workers=num_workers, drop_last=False)
-
-
-def build_optimizer(model: torch.nn.Module, learning_rate: float, weight_decay: float) -> torch.optim.Optimizer:
-    """AdamW over trainable parameters; biases and norms get no weight decay; fused on CUDA."""
-    decay: list[torch.nn.Parameter] = []
-    no_decay: list[torch.nn.Parameter] = []
-    for name, param in model.named_parameters():
-        if param.requires_grad:
-            (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
-    if not decay and not no_decay:
-        raise ValueError("the model has no trainable parameters (check lora.target_modules / lora.enabled)")
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    fused = all(p.is_cuda for p in decay + no_decay)
-    return torch.optim.AdamW(groups, lr=learning_rate, fused=fused or None)
-
-
-def build_scheduler(optimizer: torch.optim.Optimizer, name: str, total_steps: int, warmup_ratio: float,
-                    num_processes: int) -> Any:
-    """Linear warmup then ``name`` decay; step counts scaled because Accelerate steps it per process."""
-    kind = "constant_with_warmup" if name == "constant" else name
-    warmup = math.ceil(total_steps * warmup_ratio)
-    return get_scheduler(kind, optimizer, num_warmup_steps=warmup * num_processes,
-                         num_training_steps=total_steps * num_processes)
-
-
 def count_tokens(batch: Batch) -> int:
     """Real (non-padding) input tokens of a batch.
 
@@ -170,56 +87,6 @@ def count_tokens(batch: Batch) -> int:
 def batch_rows(batch: Batch) -> int:
     """Examples in a batch (the leading dimension of its first tensor)."""
     return int(next(iter(batch.values())).shape[0])
-
-
-def build_data(run_cfg: RunConfig, tokenizer: Any, model_dtype: torch.dtype = torch.float32) -> TrainData:
-    """Tokenized examples from the prepared dataset in ``data.prepared_dir``.
-
-    Training examples come from the train split (``build_examples``, cached by config hash); the
-    validation examples are one prompt -> validation-item completion per user (train history
-    only), so the validation loss measures exactly the held-out next item. ``catalog`` examples
-    (labels are item indices) have no validation loss: their runs are validated by ranking.
-    """
-    import dataclasses
-
-    from llmrec.data.dataset import PreparedDataset
-    from llmrec.prompts import load_template
-    from llmrec.training.collate import pack_examples, packed_collate, pad_collate
-    from llmrec.training.examples import build_examples, make_builder
-    from llmrec.training.varlen import packed_mask_mode
-
-    train_cfg, prompt_cfg = run_cfg.train, run_cfg.prompt
-    dataset = PreparedDataset.load(run_cfg.data.prepared_dir)
-    examples = build_examples(dataset, tokenizer, prompt_cfg, train_cfg.format, train_cfg.max_seq_len,
-                              Path(run_cfg.data.prepared_dir) / "cache")
-    examples = examples.select_columns(["input_ids", "labels", "num_targets"])
-    pad_id = int(tokenizer.pad_token_id)
-    info: dict[str, Any] = {"dataset_dir": str(dataset.root), "catalog_fingerprint": dataset.fingerprint,
-                            "train_examples": len(examples)}
-    valid = None
-    if train_cfg.format != "catalog":  # catalog labels are item indices: no token-level validation loss (rank instead)
-        valid_cfg = dataclasses.replace(prompt_cfg, max_examples_per_user=1)
-        valid_format = "interest_tags" if train_cfg.format == "interest_tags" else "prompt_completion"
-        builder = make_builder(dataset, load_template(prompt_cfg.template, prompt_cfg.prompts_dir), tokenizer,
-                               valid_cfg, train_cfg.max_seq_len, valid_format)
-        valid = builder.build(dataset.sequences(("train", "valid"))).select_columns(["input_ids", "labels"])
-        if train_cfg.eval_max_users is not None and train_cfg.eval_max_users < len(valid):
-            valid = valid.shuffle(seed=train_cfg.seed).select(range(train_cfg.eval_max_users))  # one example per user
-
-    def pad(rows: list[dict[str, Any]]) -> Batch:
-        return pad_collate(rows, pad_id, "right")  # training needs no generation prompt: pad right
-
-    mask = packed_mask_mode(train_cfg.packed_attention)  # varlen: positions only, no (T, T) mask
-
-    def packed(rows: list[dict[str, Any]]) -> Batch:
-        return packed_collate(rows, pad_id, mask=mask, mask_dtype=model_dtype)
-
-    if train_cfg.packing:
-        train_data, collate = pack_examples(examples, train_cfg.max_seq_len), packed
-    else:
-        train_data, collate = examples, pad
-    info.update(train_rows=len(train_data), valid_examples=len(valid) if valid is not None else 0)
-    return TrainData(train=train_data, collate=collate, valid=valid, info=info, valid_collate=pad)
 
 
 def train_epoch(accelerator: Accelerator, model: torch.nn.Module, loader: Iterable[Batch],
@@ -412,7 +279,7 @@ def train(
         from llmrec.modeling.build import build_model
 
         model, tokenizer = build_model(run_cfg.model, run_cfg.lora)
-    original_head = _attach_head_for_format(run_cfg, model, tokenizer)
+    original_head = attach_head_for_format(run_cfg, model, tokenizer)
     data = data if data is not None else build_data(run_cfg, tokenizer, next(model.parameters()).dtype)
     loss_fn = compute_dtype_loss(loss_fn, model, accelerator, train_cfg.mixed_precision)
     train_loader = build_dataloader(data.train, data.collate, train_cfg.batch_size, True, train_cfg.seed,
@@ -441,20 +308,6 @@ def train(
     if original_head is not None:
         detach_catalog_head(accelerator.unwrap_model(model), original_head)
     return TrainResult(run_dir, state.global_step, metrics["final_train_loss"], metrics, state.history, result)
-
-
-def _attach_head_for_format(run_cfg: RunConfig, model: torch.nn.Module, tokenizer: Any) -> torch.nn.Module | None:
-    """``train.format: catalog``: put a catalog head for the prepared catalog in place of the LM head.
-
-    Returns the LM head it replaced (put back after training), or None for the other formats.
-    """
-    if run_cfg.train.format != "catalog":
-        return None
-    from llmrec.data.dataset import PreparedDataset
-
-    catalog = PreparedDataset.load(run_cfg.data.prepared_dir).catalog
-    head = build_catalog_head(model, tokenizer, catalog, run_cfg.prompt, run_cfg.catalog_head.item_residuals)
-    return attach_catalog_head(model, head)
 
 
 def _restore(accelerator: Accelerator, run_dir: Path, resume: bool) -> ckpt.TrainerState:

@@ -11,8 +11,9 @@ import torch
 from llmrec.config import LoraConfig, ModelConfig, TrainConfig
 from llmrec.data.dataset import PreparedDataset
 from llmrec.data.schema import Catalog
+from llmrec.encoder.recommender import TwoTowerRecommender
 from llmrec.encoder.train import EncoderRunConfig, train_two_tower
-from llmrec.encoder.two_tower import EncoderConfig, TwoTowerRecommender
+from llmrec.encoder.two_tower import EncoderConfig
 
 pytestmark = pytest.mark.integration
 

@@ -18,7 +18,8 @@ from transformers import AutoModel, AutoModelForCausalLM
 from llmrec.assets import fetch
 from llmrec.config import DataConfig, LoraConfig, ModelConfig, PromptConfig, RunConfig, TrainConfig
 from llmrec.modeling.build import build_model, resolve_model_source
-from llmrec.training.loop import TrainData, build_data, train
+from llmrec.training.builders import TrainData, build_data
+from llmrec.training.loop import train
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,8 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from llmrec.modeling.build import build_model
-from llmrec.training.loop import TrainData, train
+from llmrec.training.builders import TrainData
+from llmrec.training.loop import train
 from tests.unit.train_helpers import fixed_examples, pad_right, save_tokenizer, tiny_run_config
 
 pytestmark = pytest.mark.slow

@@ -14,18 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from llmrec.assets import (
-    ASSETS,
-    MANIFEST,
-    AssetError,
-    AssetSpec,
-    HubSource,
-    WheelSource,
-    ZipUrlSource,
-    fetch,
-    source_order,
-    verify_entry,
-)
+from llmrec.asset_sources import HubSource, WheelSource, ZipUrlSource
+from llmrec.assets import ASSETS, MANIFEST, AssetError, AssetSpec, fetch, source_order, verify_entry
 
 MEMBERS = {
     "pkg/data/ml.inter": b"user_id:token\titem_id:token\n1\t2\n",

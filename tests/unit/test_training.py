@@ -14,7 +14,8 @@ from transformers import AutoModelForCausalLM
 
 from llmrec.config import ModelConfig
 from llmrec.modeling.build import build_model
-from llmrec.training.loop import TrainData, train
+from llmrec.training.builders import TrainData
+from llmrec.training.loop import train
 from llmrec.training.run_dir import INCOMPLETE_MARKER, is_complete
 from tests.tiny import tiny_llama
 from tests.unit.train_helpers import fixed_examples, pad_right, save_tokenizer, tiny_data, tiny_run_config

@@ -14,6 +14,7 @@ import torch
 from llmrec.config import ConfigError, LoraConfig, ModelConfig, TrainConfig, load_config
 from llmrec.data.dataset import PreparedDataset, save_prepared
 from llmrec.data.schema import Catalog, Item, UserSequence
+from llmrec.encoder.recommender import ItemEmbeddingCache, TwoTowerRecommender
 from llmrec.encoder.train import (
     EncoderRunConfig,
     exclusion_mask,
@@ -21,15 +22,7 @@ from llmrec.encoder.train import (
     train_two_tower,
     training_pairs,
 )
-from llmrec.encoder.two_tower import (
-    EncoderConfig,
-    ItemEmbeddingCache,
-    TextSpec,
-    TwoTowerModel,
-    TwoTowerRecommender,
-    history_document,
-    info_nce,
-)
+from llmrec.encoder.two_tower import EncoderConfig, TextSpec, TwoTowerModel, history_document, info_nce
 from tests.tiny import FIXTURE_TITLES, tiny_bert
 
 REPO = Path(__file__).resolve().parents[2]

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from llmrec.config import LoraConfig, ModelConfig, RunConfig, TrainConfig
-from llmrec.training.loop import TrainData
+from llmrec.training.builders import TrainData
 
 TINY_LLAMA = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
               "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 256,
