@@ -6,9 +6,9 @@ ends a tag, so no tag is a token-prefix of a longer one).
 
 Two ways to read tags out of the model, both unable to emit anything outside the vocabulary:
 
-* :func:`score_tags` / :func:`score_tags_batch` (exact, used for ranking and AUC): the
-  log-likelihood of every tag as the first answer. A batch of prompts runs once; its KV cache is
-  repeated over the tags, so the cost is the prompts plus ``B * T`` short continuations.
+* :func:`score_tags` (exact, used for ranking and AUC): the log-likelihood of every tag as the
+  first answer. The prompt runs once; its KV cache is repeated over the tags, so the cost is
+  one prompt plus ``T`` short continuations.
 * :func:`generate_tags` (the generation path): greedy decoding where each step may only choose
   tokens that continue some not-yet-emitted tag (a token trie over the tag texts), for ``k`` tags.
 """
@@ -79,64 +79,30 @@ def score_tags(model: Any, tokenizer: Any, prompt: str, tags: Sequence[str], cfg
         cfg: prompt settings (decides whether the prompt gets the tokenizer's BOS).
         length_normalize: divide each tag's log-likelihood by its token count.
     """
-    return score_tags_batch(model, tokenizer, [prompt], tags, cfg, length_normalize)[0]
-
-
-@torch.no_grad()
-def score_tags_batch(
-    model: Any, tokenizer: Any, prompts: Sequence[str], tags: Sequence[str], cfg: PromptConfig, length_normalize: bool = False
-) -> FloatArray:
-    """``(B, T)`` log-likelihood of each tag as the first answer after each prompt, in one batch.
-
-    The prompts run once, left-padded, with explicit positions (so padding changes nothing);
-    their KV cache is repeated ``T`` times and every tag continuation of every prompt runs in a
-    second pass. Prompts must agree on whether they end with a space (it decides the tag tokens).
-    """
-    if not prompts:
-        return np.zeros((0, len(tags)))
-    endings = {p.endswith((" ", "\n")) for p in prompts}
-    if len(endings) > 1:
-        raise ValueError("prompts in one batch must all end with whitespace or all not")
     device = next(model.parameters()).device
-    ids, mask = _left_padded(tokenizer, prompts, cfg, device)  # (B, P)
-    tag_ids = tag_token_ids(tokenizer, tags, endings.pop())
-    b, t, longest = len(prompts), len(tags), max(len(x) for x in tag_ids)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
-    first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # (B, V)
+    prompt_ids = _prompt_ids(tokenizer, prompt, cfg).to(device)  # (1, P)
+    tag_ids = tag_token_ids(tokenizer, tags, prompt.endswith((" ", "\n")))
+    out = model(input_ids=prompt_ids, use_cache=True)
+    first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)  # (V,)
+    longest = max(len(t) for t in tag_ids)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    follow_ids = torch.full((t, longest), pad, dtype=torch.long, device=device)  # (T, L)
-    follow_mask = torch.zeros((t, longest), dtype=torch.long, device=device)
-    for j, x in enumerate(tag_ids):
-        follow_ids[j, : len(x)] = torch.tensor(x)
-        follow_mask[j, : len(x)] = 1
+    batch = torch.full((len(tags), longest), pad, dtype=torch.long, device=device)  # (T, L)
+    mask = torch.zeros((len(tags), longest), dtype=torch.long, device=device)
+    for j, ids in enumerate(tag_ids):
+        batch[j, : len(ids)] = torch.tensor(ids)
+        mask[j, : len(ids)] = 1
     cache = out.past_key_values
-    cache.batch_repeat_interleave(t)  # row b * T + j: prompt b, tag j
-    lengths = mask.sum(-1).repeat_interleave(t)  # (B*T,) real prompt tokens
-    attention = torch.cat([mask.repeat_interleave(t, dim=0), follow_mask.repeat(b, 1)], dim=1)
-    follow_positions = lengths[:, None] + torch.arange(longest, device=device)[None, :]
-    follow = model(input_ids=follow_ids.repeat(b, 1), attention_mask=attention, position_ids=follow_positions,
-                   past_key_values=cache, use_cache=False)
-    logprobs = torch.log_softmax(follow.logits.float(), dim=-1).view(b, t, longest, -1)  # (B, T, L, V)
-    scores = np.zeros((b, t))
-    for j, x in enumerate(tag_ids):
-        rest = torch.tensor(x[1:], dtype=torch.long, device=device)
-        steps = logprobs[:, j, torch.arange(len(rest), device=device), rest].sum(-1) if len(rest) else 0.0
-        total = (first[:, x[0]] + steps).cpu().numpy()
-        scores[:, j] = total / len(x) if length_normalize else total
+    cache.batch_repeat_interleave(len(tags))
+    attention = torch.cat([torch.ones(len(tags), prompt_ids.shape[1], dtype=torch.long, device=device), mask], dim=1)
+    follow = model(input_ids=batch, attention_mask=attention, past_key_values=cache, use_cache=False)
+    logprobs = torch.log_softmax(follow.logits.float(), dim=-1)  # (T, L, V)
+    scores = np.zeros(len(tags))
+    for j, ids in enumerate(tag_ids):
+        total = float(first[ids[0]])
+        for position in range(1, len(ids)):
+            total += float(logprobs[j, position - 1, ids[position]])
+        scores[j] = total / len(ids) if length_normalize else total
     return scores
-
-
-def _left_padded(tokenizer: Any, prompts: Sequence[str], cfg: PromptConfig, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, P) token ids and attention mask of ``prompts``, left-padded (each tokenized alone)."""
-    rows = [_prompt_ids(tokenizer, p, cfg)[0] for p in prompts]
-    width = max(len(r) for r in rows)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r):], mask[i, width - len(r):] = r, 1
-    return ids.to(device), mask.to(device)
 
 
 @dataclass
@@ -201,13 +167,11 @@ class DecoderTagScorer:
         num_tags: the number the prompt asks for.
         max_items: most recent history items in the prompt.
         length_normalize: rank by mean instead of summed token log-probability.
-        batch_size: prompts scored together (:func:`score_tags_batch`).
     """
 
     def __init__(
         self, model: Any, tokenizer: Any, catalog: Catalog, template: PromptTemplate, cfg: PromptConfig,
         tags: Sequence[str] | None = None, num_tags: int = TAG_PROMPT_NUM_TAGS, max_items: int = 10, length_normalize: bool = False,
-        batch_size: int = 8,
     ):
         self.model = model
         self.tokenizer = tokenizer
@@ -218,17 +182,14 @@ class DecoderTagScorer:
         self.num_tags = num_tags
         self.max_items = max_items
         self.length_normalize = length_normalize
-        self.batch_size = batch_size
 
     def prompt(self, history: UserSequence) -> str:
         return tag_prompt(history, self.catalog, self.template, self.tokenizer, self.cfg, self.tags, self.num_tags, self.max_items)
 
     def score_tags(self, histories: Sequence[UserSequence]) -> FloatArray:
         self.model.eval()
-        prompts = [self.prompt(h) for h in histories]
-        rows = [score_tags_batch(self.model, self.tokenizer, prompts[s : s + self.batch_size], self.tags, self.cfg, self.length_normalize)
-                for s in range(0, len(prompts), self.batch_size)]
-        return np.concatenate(rows) if rows else np.zeros((0, len(self.tags)))
+        rows = [score_tags(self.model, self.tokenizer, self.prompt(h), self.tags, self.cfg, self.length_normalize) for h in histories]
+        return np.stack(rows) if rows else np.zeros((0, len(self.tags)))
 
     def generate(self, history: UserSequence, k: int | None = None) -> list[tuple[str, float]]:
         """``k`` (default ``num_tags``) tags by trie-constrained greedy decoding."""

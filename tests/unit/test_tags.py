@@ -20,7 +20,7 @@ from llmrec.tags.classifier import (
     TagsRunConfig,
     train_tag_classifier,
 )
-from llmrec.tags.generate import DecoderTagScorer, generate_tags, score_tags, score_tags_batch, tag_token_ids
+from llmrec.tags.generate import DecoderTagScorer, generate_tags, score_tags, tag_token_ids
 from tests.tiny import tiny_llama
 from tests.unit.test_two_tower import GENRES, make_tiny_dataset, save_tiny_encoder
 
@@ -132,24 +132,6 @@ def test_decoder_tag_scorer_ranks_every_tag(tiny_decoder, tiny_tokenizer) -> Non
                               PromptConfig(include_categories=True), tags=GENRES, max_items=4)
     scores = scorer.score_tags([seq((0, 1)), seq((3, 4, 5))])
     assert scores.shape == (2, len(GENRES)) and np.isfinite(scores).all() and (scores < 0).all()
-
-
-@pytest.mark.parametrize("length_normalize", [False, True])
-def test_batched_tag_scores_equal_one_prompt_at_a_time(tiny_decoder, tiny_tokenizer, length_normalize: bool) -> None:  # type: ignore[no-untyped-def]
-    # Histories of different lengths give prompts of different lengths: the batch is left-padded.
-    histories = [seq((0,)), seq((0, 1, 2, 3, 4)), seq((2, 5)), seq((1, 3, 4))]
-    scorer = DecoderTagScorer(tiny_decoder, tiny_tokenizer, make_catalog(), load_template("interest_tags"),
-                              PromptConfig(include_categories=True), tags=GENRES, max_items=5,
-                              length_normalize=length_normalize, batch_size=3)
-    prompts = [scorer.prompt(h) for h in histories]
-    assert len({len(tiny_tokenizer(p)["input_ids"]) for p in prompts}) > 1
-    one_by_one = np.stack([score_tags(tiny_decoder, tiny_tokenizer, p, GENRES, scorer.cfg, length_normalize) for p in prompts])
-    batched = score_tags_batch(tiny_decoder, tiny_tokenizer, prompts, GENRES, scorer.cfg, length_normalize)
-    np.testing.assert_allclose(batched, one_by_one, atol=1e-4)
-    np.testing.assert_allclose(scorer.score_tags(histories), one_by_one, atol=1e-4)  # batches of 3 + 1
-    assert score_tags_batch(tiny_decoder, tiny_tokenizer, [], GENRES, scorer.cfg).shape == (0, len(GENRES))
-    with pytest.raises(ValueError, match="whitespace"):
-        score_tags_batch(tiny_decoder, tiny_tokenizer, [prompts[0], prompts[1] + " "], GENRES, scorer.cfg)
 
 
 def test_multilabel_head_trains_saves_and_reloads_with_plain_peft(tmp_path: Path, tiny_tokenizer) -> None:  # type: ignore[no-untyped-def]
