@@ -6,10 +6,11 @@ Launch (any Accelerate config in ``configs/accelerate/``)::
     llmrec train --config configs/ml100k/smollm2-lora.yaml --resume
 
 The pieces it is built from (accelerator, data, dataloaders, optimizer, scheduler) are in
-:mod:`llmrec.training.builders`. The loop follows Hugging Face's ``run_clm_no_trainer.py``: ``accelerator.accumulate`` for gradient
-accumulation, ``save_state`` / ``load_state`` plus ``skip_first_batches`` for resume. Data order
-comes from a seeded sampler (seed + epoch), and every random state is in the checkpoint, so a
-run killed and resumed ends with the same loss as one that never stopped.
+:mod:`llmrec.training.builders`. The loop follows Hugging Face's ``run_clm_no_trainer.py``:
+``accelerator.accumulate`` for gradient accumulation, ``save_state`` / ``load_state`` plus
+``skip_first_batches`` for resume. Data order comes from a seeded sampler (seed + epoch), and
+every random state is in the checkpoint, so a run killed and resumed ends with the same loss as
+one that never stopped.
 """
 
 from __future__ import annotations
