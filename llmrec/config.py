@@ -151,6 +151,13 @@ class CatalogHeadConfig:
 
     item_residuals: bool = False  # add a learned per-item vector (zero-initialised): an item embedding, report as its own row
     batch_size: int = 16  # users per forward pass when ranking
+    learning_rate: float | None = None  # peak learning rate of the head's parameters (None = train.learning_rate)
+
+    def validate(self) -> None:
+        if self.batch_size <= 0:
+            raise ConfigError("catalog_head.batch_size must be > 0")
+        if self.learning_rate is not None and self.learning_rate <= 0:
+            raise ConfigError("catalog_head.learning_rate must be > 0 (or null for train.learning_rate)")
 
 
 @dataclass

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from transformers import get_scheduler
 
 from llmrec.config import RunConfig
-from llmrec.modeling.catalog_head import attach_catalog_head, build_catalog_head
+from llmrec.modeling.catalog_head import attach_catalog_head, attached_head, build_catalog_head
 from llmrec.modeling.dtype import resolve_mixed_precision
 from llmrec.training.loss import adapters_follow_autocast, unwrap
 
@@ -94,18 +94,30 @@ def build_dataloader(examples: Any, collate: Callable[..., Batch], batch_size: i
                       generator=generator, num_workers=num_workers, drop_last=False)
 
 
-def build_optimizer(model: torch.nn.Module, learning_rate: float, weight_decay: float) -> torch.optim.Optimizer:
-    """AdamW over trainable parameters; biases and norms get no weight decay; fused on CUDA."""
-    decay: list[torch.nn.Parameter] = []
-    no_decay: list[torch.nn.Parameter] = []
+def build_optimizer(model: torch.nn.Module, learning_rate: float, weight_decay: float,
+                    head_learning_rate: float | None = None) -> torch.optim.Optimizer:
+    """AdamW over trainable parameters; biases and norms get no weight decay; fused on CUDA.
+
+    With ``head_learning_rate`` the parameters of an attached catalog head (its projection and
+    item residuals) form their own groups at that peak rate; the scheduler scales every group's
+    rate by the same factor, so the head keeps its ratio to the rest over the whole run.
+    """
+    head = attached_head(model)
+    head_ids = {id(p) for p in head.parameters()} if head is not None and head_learning_rate is not None else set()
+    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {(False, False): [], (False, True): []}
     for name, param in model.named_parameters():
         if param.requires_grad:
-            (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
-    if not decay and not no_decay:
+            no_decay = param.ndim < 2 or "norm" in name.lower()
+            groups.setdefault((id(param) in head_ids, no_decay), []).append(param)
+    if not any(groups.values()):
         raise ValueError("the model has no trainable parameters (check lora.target_modules / lora.enabled)")
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    fused = all(p.is_cuda for p in decay + no_decay)
-    return torch.optim.AdamW(groups, lr=learning_rate, fused=fused or None)
+    param_groups = [
+        {"params": params, "weight_decay": 0.0 if no_decay else weight_decay,
+         **({"lr": head_learning_rate} if in_head else {})}
+        for (in_head, no_decay), params in sorted(groups.items())
+    ]
+    fused = all(p.is_cuda for params in groups.values() for p in params)
+    return torch.optim.AdamW(param_groups, lr=learning_rate, fused=fused or None)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, name: str, total_steps: int, warmup_ratio: float,

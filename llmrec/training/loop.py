@@ -287,7 +287,8 @@ def train(
                                     train_cfg.num_workers, train_cfg.group_by_length and not train_cfg.packing)
     valid_loader = None if data.valid is None else build_dataloader(
         data.valid, data.valid_collate or data.collate, train_cfg.batch_size, False, train_cfg.seed, train_cfg.num_workers)
-    optimizer = build_optimizer(model, train_cfg.learning_rate, train_cfg.weight_decay)
+    optimizer = build_optimizer(model, train_cfg.learning_rate, train_cfg.weight_decay,
+                                run_cfg.catalog_head.learning_rate)
     steps_per_epoch = math.ceil(len(train_loader) / accelerator.num_processes / train_cfg.grad_accum)
     total_steps = train_cfg.max_steps if train_cfg.max_steps > 0 else steps_per_epoch * train_cfg.epochs
     scheduler = build_scheduler(optimizer, train_cfg.lr_scheduler, total_steps, train_cfg.warmup_ratio,

@@ -157,7 +157,8 @@ def test_scorer_gives_a_history_the_same_scores_alone_and_in_a_padded_batch(data
 def trained(tmp_path_factory: pytest.TempPathFactory, dataset: PreparedDataset, tokenizer_dir: Path) -> dict[str, Any]:
     """The recipe through the benchmark's ``llm`` entry: trains 3 steps, validation-ranks, loads the run."""
     out = tmp_path_factory.mktemp("catalog-run") / "run"
-    params = {"config": [RECIPE], "overrides": [*tiny_recipe_overrides(tokenizer_dir), "catalog_head.item_residuals=true"],
+    params = {"config": [RECIPE], "overrides": [*tiny_recipe_overrides(tokenizer_dir), "catalog_head.item_residuals=true",
+                                                                     "catalog_head.learning_rate=2e-3"],
               "output_dir": str(out), "valid_users": 5, "device": "cpu", "scoring": "catalog_head"}
     ranker = build_and_train(dataset, params, seed=0)
     return {"ranker": ranker, "run_dir": out / "seed0" if (out / "seed0").is_dir() else out}
@@ -224,3 +225,46 @@ def test_catalog_head_scoring_is_refused_for_a_token_trained_model(dataset: Prep
 def test_unknown_format_is_a_config_error():
     with pytest.raises(ConfigError, match="catalog"):
         load_config([RECIPE], ["train.format=items"])
+
+
+def test_head_learning_rate_is_its_own_group_and_keeps_its_ratio_under_the_schedule(dataset: PreparedDataset, tokenizer: Any):
+    from llmrec.training.builders import build_optimizer, build_scheduler
+
+    model = tiny_llama(len(tokenizer))
+    head = build_catalog_head(model, tokenizer, dataset.catalog, prompt_cfg(), residuals=True)
+    attach_catalog_head(model, head)
+    head_ids = {id(p) for p in head.parameters()}
+
+    same = build_optimizer(model, 1e-3, 0.1)  # no head rate: the head shares the model's groups
+    assert [g["lr"] for g in same.param_groups] == [1e-3, 1e-3]
+
+    optimizer = build_optimizer(model, 1e-3, 0.1, head_learning_rate=1e-2)
+    head_groups = [g for g in optimizer.param_groups if any(id(p) in head_ids for p in g["params"])]
+    assert head_groups and all(g["lr"] == 1e-2 for g in head_groups)
+    assert all(id(p) in head_ids for g in head_groups for p in g["params"])  # nothing else rides along
+    assert sum(len(g["params"]) for g in head_groups) == 2  # projection and residuals
+    others = [g for g in optimizer.param_groups if g not in head_groups]
+    assert all(g["lr"] == 1e-3 for g in others)
+    trainable = sum(1 for p in model.parameters() if p.requires_grad)
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == trainable
+
+    scheduler = build_scheduler(optimizer, "cosine", total_steps=10, warmup_ratio=0.2, num_processes=1)
+    for _ in range(5):
+        optimizer.step()
+        scheduler.step()
+    rates = [g["lr"] for g in optimizer.param_groups]
+    assert 0 < rates[0] < 1e-3
+    torch.testing.assert_close(head_groups[0]["lr"] / others[0]["lr"], 10.0)
+
+
+def test_head_learning_rate_must_be_positive():
+    assert load_config([RECIPE], ["catalog_head.learning_rate=5e-3"]).catalog_head.learning_rate == 5e-3
+    with pytest.raises(ConfigError, match="catalog_head.learning_rate"):
+        load_config([RECIPE], ["catalog_head.learning_rate=0"])
+
+
+def test_the_training_loop_gives_the_head_its_learning_rate(trained: dict[str, Any]):
+    states = sorted((trained["ranker"].run_dir / "checkpoints").glob("step-*/optimizer.bin"))
+    assert states, "the run kept no optimizer state"
+    groups = torch.load(states[-1], map_location="cpu", weights_only=True)["param_groups"]
+    assert sorted({g["initial_lr"] for g in groups if g["params"]}) == [5e-4, 2e-3]  # LoRA (the recipe's), head
