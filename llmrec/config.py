@@ -154,6 +154,7 @@ class CatalogHeadConfig:
     learning_rate: float | None = None  # peak learning rate of the head's parameters (None = train.learning_rate)
 
     def validate(self) -> None:
+        """Positive batch size and learning rate."""
         if self.batch_size <= 0:
             raise ConfigError("catalog_head.batch_size must be > 0")
         if self.learning_rate is not None and self.learning_rate <= 0:
@@ -186,6 +187,8 @@ class RunConfig:
              "train.format must be item_span, catalog, prompt_completion or interest_tags"),
             (self.train.format != "interest_tags" or self.prompt.template == "interest_tags",
              "train.format interest_tags needs prompt.template: interest_tags"),
+            (self.catalog_head.learning_rate is None or self.train.format == "catalog",
+             "catalog_head.learning_rate needs train.format: catalog (no other format has a catalog head)"),
             (self.prompt.chat_format in ("plain", "chat", "auto"), "prompt.chat_format must be plain, chat or auto"),
             (self.prompt.max_history_items >= 0 and self.prompt.max_history_tokens >= 0, "prompt.max_history_items/tokens must be >= 0"),
             (self.model.kind in ("auto", "decoder", "encoder"), "model.kind must be auto, decoder or encoder"),

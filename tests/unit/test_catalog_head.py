@@ -157,8 +157,8 @@ def test_scorer_gives_a_history_the_same_scores_alone_and_in_a_padded_batch(data
 def trained(tmp_path_factory: pytest.TempPathFactory, dataset: PreparedDataset, tokenizer_dir: Path) -> dict[str, Any]:
     """The recipe through the benchmark's ``llm`` entry: trains 3 steps, validation-ranks, loads the run."""
     out = tmp_path_factory.mktemp("catalog-run") / "run"
-    params = {"config": [RECIPE], "overrides": [*tiny_recipe_overrides(tokenizer_dir), "catalog_head.item_residuals=true",
-                                                                     "catalog_head.learning_rate=2e-3"],
+    overrides = [*tiny_recipe_overrides(tokenizer_dir), "catalog_head.item_residuals=true", "catalog_head.learning_rate=2e-3"]
+    params = {"config": [RECIPE], "overrides": overrides,
               "output_dir": str(out), "valid_users": 5, "device": "cpu", "scoring": "catalog_head"}
     ranker = build_and_train(dataset, params, seed=0)
     return {"ranker": ranker, "run_dir": out / "seed0" if (out / "seed0").is_dir() else out}
@@ -257,10 +257,14 @@ def test_head_learning_rate_is_its_own_group_and_keeps_its_ratio_under_the_sched
     torch.testing.assert_close(head_groups[0]["lr"] / others[0]["lr"], 10.0)
 
 
-def test_head_learning_rate_must_be_positive():
+def test_head_settings_are_validated():
     assert load_config([RECIPE], ["catalog_head.learning_rate=5e-3"]).catalog_head.learning_rate == 5e-3
-    with pytest.raises(ConfigError, match="catalog_head.learning_rate"):
+    with pytest.raises(ConfigError, match="catalog_head.learning_rate must be > 0"):
         load_config([RECIPE], ["catalog_head.learning_rate=0"])
+    with pytest.raises(ConfigError, match="catalog_head.batch_size"):
+        load_config([RECIPE], ["catalog_head.batch_size=0"])
+    with pytest.raises(ConfigError, match="needs train.format: catalog"):  # it would silently do nothing
+        load_config([RECIPE], ["train.format=item_span", "catalog_head.learning_rate=5e-3"])
 
 
 def test_the_training_loop_gives_the_head_its_learning_rate(trained: dict[str, Any]):
