@@ -99,25 +99,29 @@ def build_optimizer(model: torch.nn.Module, learning_rate: float, weight_decay: 
     """AdamW over trainable parameters; biases and norms get no weight decay; fused on CUDA.
 
     With ``head_learning_rate`` the parameters of an attached catalog head (its projection and
-    item residuals) form their own groups at that peak rate; the scheduler scales every group's
-    rate by the same factor, so the head keeps its ratio to the rest over the whole run.
+    item residuals, all matrices) form a third group at that peak rate; the scheduler scales every
+    group's rate by the same factor, so the head keeps its ratio to the rest over the whole run.
     """
-    head = attached_head(model)
-    head_ids = {id(p) for p in head.parameters()} if head is not None and head_learning_rate is not None else set()
-    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {(False, False): [], (False, True): []}
+    head = attached_head(model) if head_learning_rate is not None else None
+    in_head = {id(p) for p in head.parameters()} if head is not None else set()
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
+    head_params: list[torch.nn.Parameter] = []
     for name, param in model.named_parameters():
-        if param.requires_grad:
-            no_decay = param.ndim < 2 or "norm" in name.lower()
-            groups.setdefault((id(param) in head_ids, no_decay), []).append(param)
-    if not any(groups.values()):
+        if not param.requires_grad:
+            continue
+        if id(param) in in_head:
+            head_params.append(param)
+        else:
+            (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
+    if not decay and not no_decay and not head_params:
         raise ValueError("the model has no trainable parameters (check lora.target_modules / lora.enabled)")
-    param_groups = [
-        {"params": params, "weight_decay": 0.0 if no_decay else weight_decay,
-         **({"lr": head_learning_rate} if in_head else {})}
-        for (in_head, no_decay), params in sorted(groups.items())
-    ]
-    fused = all(p.is_cuda for params in groups.values() for p in params)
-    return torch.optim.AdamW(param_groups, lr=learning_rate, fused=fused or None)
+    groups: list[dict[str, Any]] = [{"params": decay, "weight_decay": weight_decay},
+                                    {"params": no_decay, "weight_decay": 0.0}]
+    if head_params:
+        groups.append({"params": head_params, "weight_decay": weight_decay, "lr": head_learning_rate})
+    fused = all(p.is_cuda for p in decay + no_decay + head_params)
+    return torch.optim.AdamW(groups, lr=learning_rate, fused=fused or None)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, name: str, total_steps: int, warmup_ratio: float,
