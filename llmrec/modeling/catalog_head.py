@@ -8,9 +8,12 @@ both training and ranking (``train.format: catalog``):
   input embeddings of the title tokens (``Title (Year)`` as the prompts print it). For a model
   with tied embeddings this lives in the space the LM head compares hidden states with, so
   before any training ``hidden @ title_vector`` is the mean logit of the title's tokens;
-* a shared ``(d, d)`` projection, initialised to the identity, maps those vectors; with
-  ``catalog_head.item_residuals`` a learned per-item vector (zero at the start) is added,
-  which is collaborative information (an item embedding), so it is reported as its own row;
+* a shared ``(d, d)`` projection, initialised to the identity, maps those vectors;
+  ``catalog_head.title_mlp`` adds a shared two-layer MLP of the same title vector (a text
+  adapter, zero at the start, as text-based recommenders put over frozen text features): still
+  no per-item parameter, so still the pure-LLM row; with ``catalog_head.item_residuals`` a
+  learned per-item vector (zero at the start) is added, which is collaborative information (an
+  item embedding), so it is reported as its own row;
 * the score of item ``i`` after a history is ``h @ item_i`` where ``h`` is the decoder's last
   hidden state at the end of the history text (the newline the next title would follow).
 
@@ -45,9 +48,11 @@ class CatalogHead(nn.Module):
         titles: ``(N, d)`` title vectors (:func:`title_vectors`), a buffer: never trained.
         item_ids: catalog ids of the rows, in item-index order.
         residuals: learn a per-item vector added to the projected title vector.
+        mlp_hidden: width of the title MLP ``LayerNorm -> Linear -> GELU -> Linear`` whose output
+            (zero at the start) is added to the projected title vector; 0 = none.
     """
 
-    def __init__(self, titles: torch.Tensor, item_ids: Sequence[str], residuals: bool = False):
+    def __init__(self, titles: torch.Tensor, item_ids: Sequence[str], residuals: bool = False, mlp_hidden: int = 0):
         super().__init__()
         num_items, dim = titles.shape
         if num_items != len(item_ids):
@@ -58,6 +63,11 @@ class CatalogHead(nn.Module):
         with torch.no_grad():
             self.proj.weight.copy_(torch.eye(dim))
         self.residuals = nn.Parameter(torch.zeros(num_items, dim)) if residuals else None
+        self.mlp: nn.Sequential | None = None
+        if mlp_hidden > 0:
+            out = nn.Linear(mlp_hidden, dim, bias=False)
+            nn.init.zeros_(out.weight)  # the head starts as the projection alone
+            self.mlp = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, mlp_hidden), nn.GELU(), out)
 
     @property
     def device(self) -> torch.device:
@@ -66,6 +76,8 @@ class CatalogHead(nn.Module):
     def item_matrix(self) -> torch.Tensor:
         """``(N, d)`` what hidden states are scored against."""
         items = self.proj(self.titles)
+        if self.mlp is not None:
+            items = items + self.mlp(self.titles)
         return items if self.residuals is None else items + self.residuals
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -77,6 +89,8 @@ class CatalogHead(nn.Module):
         state = {"proj": self.proj.weight.detach().float().cpu(), "item_ids": self.item_ids}
         if self.residuals is not None:
             state["residuals"] = self.residuals.detach().float().cpu()
+        if self.mlp is not None:
+            state["mlp"] = {name: tensor.detach().float().cpu() for name, tensor in self.mlp.state_dict().items()}
         return state
 
 
@@ -105,14 +119,15 @@ def title_vectors(embeddings: torch.Tensor, tokenizer: Any, texts: Sequence[str]
     return out
 
 
-def build_catalog_head(model: Any, tokenizer: Any, catalog: Catalog, prompt_cfg: Any, residuals: bool) -> CatalogHead:
+def build_catalog_head(model: Any, tokenizer: Any, catalog: Catalog, prompt_cfg: Any, residuals: bool,
+                       mlp_hidden: int = 0) -> CatalogHead:
     """A fresh head for ``catalog`` from ``model``'s input embeddings and the prompt's title format."""
     from llmrec.prompts import load_template
 
     template = load_template(prompt_cfg.template, prompt_cfg.prompts_dir)
     embeddings = model.get_input_embeddings().weight
     head = CatalogHead(title_vectors(embeddings, tokenizer, title_texts(catalog, prompt_cfg, template)),
-                       catalog.item_ids, residuals)
+                       catalog.item_ids, residuals, mlp_hidden)
     return head.to(embeddings.device)
 
 
@@ -163,10 +178,15 @@ def load_catalog_head(path: Path, model: Any, tokenizer: Any, catalog: Catalog, 
     if not path.is_file():
         raise FileNotFoundError(f"{path.parent} is a catalog-head run but {path.name} is missing")
     state = torch.load(path, map_location="cpu", weights_only=True)
-    head = build_catalog_head(model, tokenizer, catalog, prompt_cfg, residuals="residuals" in state)
+    mlp_state = state.get("mlp")
+    mlp_hidden = mlp_state["1.weight"].shape[0] if mlp_state is not None else 0
+    head = build_catalog_head(model, tokenizer, catalog, prompt_cfg, residuals="residuals" in state,
+                              mlp_hidden=mlp_hidden)
     device = head.device
     with torch.no_grad():
         head.proj.weight.copy_(state["proj"])
+        if head.mlp is not None:
+            head.mlp.load_state_dict(mlp_state)
         if head.residuals is not None:
             known = {item_id: row for row, item_id in enumerate(state["item_ids"])}
             rows = torch.tensor([known.get(item_id, -1) for item_id in catalog.item_ids])

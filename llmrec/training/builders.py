@@ -98,8 +98,8 @@ def build_optimizer(model: torch.nn.Module, learning_rate: float, weight_decay: 
                     head_learning_rate: float | None = None) -> torch.optim.Optimizer:
     """AdamW over trainable parameters; biases and norms get no weight decay; fused on CUDA.
 
-    With ``head_learning_rate`` the parameters of an attached catalog head (its projection and
-    item residuals, all matrices) form a third group at that peak rate; the scheduler scales every
+    With ``head_learning_rate`` the parameters of an attached catalog head (projection, title MLP,
+    item residuals; all at ``weight_decay``) form a third group at that peak rate; the scheduler scales every
     group's rate by the same factor, so the head keeps its ratio to the rest over the whole run.
     """
     head = attached_head(model) if head_learning_rate is not None else None
@@ -193,5 +193,6 @@ def attach_head_for_format(run_cfg: RunConfig, model: torch.nn.Module, tokenizer
     from llmrec.data.dataset import PreparedDataset
 
     catalog = PreparedDataset.load(run_cfg.data.prepared_dir).catalog
-    head = build_catalog_head(model, tokenizer, catalog, run_cfg.prompt, run_cfg.catalog_head.item_residuals)
+    head = build_catalog_head(model, tokenizer, catalog, run_cfg.prompt, run_cfg.catalog_head.item_residuals,
+                              run_cfg.catalog_head.title_mlp)
     return attach_catalog_head(model, head)

@@ -106,6 +106,9 @@ def test_head_starts_as_the_mean_title_token_logit_and_trains_only_its_own_tenso
     with_ids = CatalogHead(head.titles, head.item_ids, residuals=True)
     assert sorted(n for n, _ in with_ids.named_parameters()) == ["proj.weight", "residuals"]
     torch.testing.assert_close(with_ids(hidden), head(hidden))  # residuals start at zero
+    with_mlp = CatalogHead(head.titles, head.item_ids, mlp_hidden=12)
+    assert {n.split(".")[0] for n, _ in with_mlp.named_parameters()} == {"proj", "mlp"}  # shared, none per item
+    torch.testing.assert_close(with_mlp(hidden), head(hidden))  # the MLP's output layer starts at zero
 
 
 def test_catalog_loss_is_the_item_softmax_at_the_line_starts(dataset: PreparedDataset, tokenizer: Any):
@@ -157,7 +160,8 @@ def test_scorer_gives_a_history_the_same_scores_alone_and_in_a_padded_batch(data
 def trained(tmp_path_factory: pytest.TempPathFactory, dataset: PreparedDataset, tokenizer_dir: Path) -> dict[str, Any]:
     """The recipe through the benchmark's ``llm`` entry: trains 3 steps, validation-ranks, loads the run."""
     out = tmp_path_factory.mktemp("catalog-run") / "run"
-    overrides = [*tiny_recipe_overrides(tokenizer_dir), "catalog_head.item_residuals=true", "catalog_head.learning_rate=2e-3"]
+    overrides = [*tiny_recipe_overrides(tokenizer_dir), "catalog_head.item_residuals=true", "catalog_head.learning_rate=2e-3",
+                 "catalog_head.title_mlp=16"]
     params = {"config": [RECIPE], "overrides": overrides,
               "output_dir": str(out), "valid_users": 5, "device": "cpu", "scoring": "catalog_head"}
     ranker = build_and_train(dataset, params, seed=0)
@@ -207,6 +211,10 @@ def test_loaded_head_matches_the_trained_one(trained: dict[str, Any], dataset: P
     assert head.residuals is not None
     torch.testing.assert_close(head.residuals.detach(), state["residuals"])
     assert not torch.equal(state["proj"], torch.eye(state["proj"].shape[0]))  # three steps moved it
+    assert head.mlp is not None and head.mlp[1].out_features == 16
+    for name, tensor in head.mlp.state_dict().items():
+        torch.testing.assert_close(tensor, state["mlp"][name])
+    assert state["mlp"]["3.weight"].abs().sum() > 0  # the zero-initialised output layer trained
 
 
 def test_a_model_without_lm_head_has_no_attached_head(tokenizer: Any):
@@ -263,6 +271,8 @@ def test_head_settings_are_validated():
         load_config([RECIPE], ["catalog_head.learning_rate=0"])
     with pytest.raises(ConfigError, match="catalog_head.batch_size"):
         load_config([RECIPE], ["catalog_head.batch_size=0"])
+    with pytest.raises(ConfigError, match="catalog_head.title_mlp"):
+        load_config([RECIPE], ["catalog_head.title_mlp=-1"])
     with pytest.raises(ConfigError, match="needs train.format: catalog"):  # it would silently do nothing
         load_config([RECIPE], ["train.format=item_span", "catalog_head.learning_rate=5e-3"])
 
