@@ -99,28 +99,32 @@ def build_optimizer(model: torch.nn.Module, learning_rate: float, weight_decay: 
     """AdamW over trainable parameters; biases and norms get no weight decay; fused on CUDA.
 
     With ``head_learning_rate`` the parameters of an attached catalog head (projection, title MLP,
-    item residuals; all at ``weight_decay``) form a third group at that peak rate; the scheduler scales every
-    group's rate by the same factor, so the head keeps its ratio to the rest over the whole run.
+    item residuals) form their own groups at that peak rate (matrices with weight decay, the title
+    MLP's biases and norm without); the scheduler scales every group's rate by the same factor, so
+    the head keeps its ratio to the rest over the whole run.
     """
     head = attached_head(model) if head_learning_rate is not None else None
     in_head = {id(p) for p in head.parameters()} if head is not None else set()
     decay: list[torch.nn.Parameter] = []
     no_decay: list[torch.nn.Parameter] = []
-    head_params: list[torch.nn.Parameter] = []
+    head_decay: list[torch.nn.Parameter] = []
+    head_no_decay: list[torch.nn.Parameter] = []
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
+        decays = param.ndim >= 2 and "norm" not in name.lower()
         if id(param) in in_head:
-            head_params.append(param)
+            (head_decay if decays else head_no_decay).append(param)
         else:
-            (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
-    if not decay and not no_decay and not head_params:
+            (decay if decays else no_decay).append(param)
+    if not decay and not no_decay and not head_decay and not head_no_decay:
         raise ValueError("the model has no trainable parameters (check lora.target_modules / lora.enabled)")
     groups: list[dict[str, Any]] = [{"params": decay, "weight_decay": weight_decay},
                                     {"params": no_decay, "weight_decay": 0.0}]
-    if head_params:
-        groups.append({"params": head_params, "weight_decay": weight_decay, "lr": head_learning_rate})
-    fused = all(p.is_cuda for p in decay + no_decay + head_params)
+    for params, decay_rate in ((head_decay, weight_decay), (head_no_decay, 0.0)):
+        if params:
+            groups.append({"params": params, "weight_decay": decay_rate, "lr": head_learning_rate})
+    fused = all(p.is_cuda for p in decay + no_decay + head_decay + head_no_decay)
     return torch.optim.AdamW(groups, lr=learning_rate, fused=fused or None)
 
 

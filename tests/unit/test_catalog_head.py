@@ -265,6 +265,20 @@ def test_head_learning_rate_is_its_own_group_and_keeps_its_ratio_under_the_sched
     torch.testing.assert_close(head_groups[0]["lr"] / others[0]["lr"], 10.0)
 
 
+def test_the_title_mlp_biases_and_norm_get_the_head_rate_without_weight_decay(dataset: PreparedDataset, tokenizer: Any):
+    from llmrec.training.builders import build_optimizer
+
+    model = tiny_llama(len(tokenizer))
+    head = build_catalog_head(model, tokenizer, dataset.catalog, prompt_cfg(), residuals=False, mlp_hidden=12)
+    attach_catalog_head(model, head)
+    optimizer = build_optimizer(model, 1e-3, 0.1, head_learning_rate=1e-2)
+    head_groups = [g for g in optimizer.param_groups if g["lr"] == 1e-2]
+    by_decay = {g["weight_decay"]: {id(p) for p in g["params"]} for g in head_groups}
+    assert head.mlp is not None
+    assert by_decay[0.1] == {id(head.proj.weight), id(head.mlp[1].weight), id(head.mlp[3].weight)}
+    assert by_decay[0.0] == {id(head.mlp[0].weight), id(head.mlp[0].bias), id(head.mlp[1].bias)}
+
+
 def test_head_settings_are_validated():
     assert load_config([RECIPE], ["catalog_head.learning_rate=5e-3"]).catalog_head.learning_rate == 5e-3
     with pytest.raises(ConfigError, match="catalog_head.learning_rate must be > 0"):
