@@ -193,7 +193,8 @@ class Recommender:
         self._num_users = int(dataset.interactions["user_id"].nunique())
 
     @classmethod
-    def load(cls, run_dir: str | Path, device: str | torch.device | None = None, scoring: str = "auto") -> Recommender:
+    def load(cls, run_dir: str | Path, device: str | torch.device | None = None, scoring: str = "auto",
+             overrides: Sequence[str] = ()) -> Recommender:
         """Load a run directory (decoder or encoder) with its dataset, model and prompts.
 
         Args:
@@ -202,6 +203,8 @@ class Recommender:
             scoring: ``auto`` (decoder: beam search, or its catalog head for a ``train.format:
                 catalog`` run; encoder: catalog scores), ``beam``, ``full_catalog`` (decoder: exact
                 log-likelihood of every item, a ``CatalogScorer``) or ``catalog_head``.
+            overrides: ``key.sub=value`` inference settings of the run to change for this load
+                (e.g. ``prompt.max_history_items=40``; see ``run_loading.INFERENCE_OVERRIDES``).
 
         Raises:
             FileNotFoundError / ValueError: a missing or malformed run file, named.
@@ -209,7 +212,7 @@ class Recommender:
         """
         if scoring not in SCORINGS:
             raise ValueError(f"scoring must be one of {SCORINGS}, got {scoring!r}")
-        run = load_run(run_dir, device=device, scoring=scoring)
+        run = load_run(run_dir, device=device, scoring=scoring, overrides=overrides)
         recommender_cls = ScoringRecommender if isinstance(run.ranker, ScoreRanker) else RankingRecommender
         grounding = GroundingChain(run.dataset.catalog, [g for _, g in run.grounders])
         return recommender_cls(run.dataset, run.ranker, run.method, run.explainer, grounding, run.info.kind, run)

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import yaml
 
-from llmrec.config import ConfigError, RunConfig, from_dict
+from llmrec.config import ConfigError, RunConfig, apply_override, from_dict
 from llmrec.data.dataset import PreparedDataset, catalog_fingerprint
 from llmrec.data.schema import Catalog, UserSequence
 from llmrec.explain import Explainer, decoder_item_embedder, embedding_similarity, generate_text
@@ -99,8 +99,16 @@ def read_run_info(run_dir: Path) -> RunInfo:
                    catalog_fingerprint=raw["catalog_fingerprint"], raw=raw)
 
 
-def read_run_config(run_dir: Path) -> RunConfig:
-    """``RUN/config.yaml`` as a RunConfig; groups that belong to other schemas (e.g. ``encoder``) are skipped."""
+INFERENCE_OVERRIDES = ("prompt.max_history_items", "prompt.max_history_tokens", "generation.", "catalog_head.batch_size")
+
+
+def read_run_config(run_dir: Path, overrides: Sequence[str] = ()) -> RunConfig:
+    """``RUN/config.yaml`` as a RunConfig; groups that belong to other schemas (e.g. ``encoder``) are skipped.
+
+    ``overrides`` (``key.sub=value``) change inference settings of the loaded run only: the keys
+    in :data:`INFERENCE_OVERRIDES` (history budget, generation, ranking batch). Anything that
+    would change what the weights mean (model, LoRA, template, title format) is refused.
+    """
     path = run_dir / "config.yaml"
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir} is not a run directory: {path.name} is missing")
@@ -110,6 +118,12 @@ def read_run_config(run_dir: Path) -> RunConfig:
         raise ConfigError(f"{path}: invalid YAML: {err}") from None
     if not isinstance(tree, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
+    for override in overrides:
+        key = override.split("=", 1)[0].strip()
+        if not any(key == allowed or (allowed.endswith(".") and key.startswith(allowed)) for allowed in INFERENCE_OVERRIDES):
+            raise ConfigError(f"override {override!r}: a loaded run takes only inference settings "
+                              f"({', '.join(k + '*' if k.endswith('.') else k for k in INFERENCE_OVERRIDES)})")
+        tree = apply_override(tree, override)
     known = {name for name in RunConfig.__dataclass_fields__}
     extra = sorted(set(tree) - known)
     if extra:
@@ -155,7 +169,8 @@ def build_grounders(catalog: Catalog, names: Sequence[str]) -> list[tuple[str, A
     return [(name, build_grounder(name, catalog)) for name in names]
 
 
-def load_run(run_dir: str | Path, device: str | torch.device | None = None, scoring: str = "auto") -> LoadedRun:
+def load_run(run_dir: str | Path, device: str | torch.device | None = None, scoring: str = "auto",
+             overrides: Sequence[str] = ()) -> LoadedRun:
     """Load a decoder or encoder run (see :meth:`llmrec.recommender.Recommender.load`)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -163,7 +178,7 @@ def load_run(run_dir: str | Path, device: str | torch.device | None = None, scor
     if (run_dir / INCOMPLETE_MARKER).exists():
         raise RuntimeError(f"{run_dir} is an unfinished run ({INCOMPLETE_MARKER} is present): training did not complete")
     info = read_run_info(run_dir)
-    config = read_run_config(run_dir)
+    config = read_run_config(run_dir, overrides)
     dataset = open_dataset(info)
     grounders = build_grounders(dataset.catalog, config.grounding.fallback)
     target = resolve_device(device)

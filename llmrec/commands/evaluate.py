@@ -10,6 +10,9 @@ Examples::
     # (exact scores of a 1,682-title trie take minutes per user on 2 CPU cores: a GPU job)
     llmrec evaluate --run runs/smollm2-lora --split valid --users 50 --scoring beam --out reports/diag-beam
     llmrec evaluate --run runs/smollm2-lora --split valid --users 50 --scoring full_catalog --out reports/diag-full
+    # the same weights reading a longer history than they were trained on
+    llmrec evaluate --run runs/ml100k-smollm2-catalog-4ep --split valid --users 300 \
+        --set prompt.max_history_items=40 --set prompt.max_history_tokens=640 --out reports/diag-40
 """
 
 from __future__ import annotations
@@ -73,6 +76,7 @@ def evaluate_command(
     sampled_negatives: int = typer.Option(0, "--sampled-negatives", help="also rank against N seeded negatives (sampled_* metrics)"),
     users: int | None = typer.Option(None, "--users", help="rank a subset of N users seeded by --seed (default: every user)"),
     scoring: str = typer.Option("auto", "--scoring", help="a decoder run: beam (constrained search) | full_catalog (exact likelihood of every item) | catalog_head (train.format: catalog runs) | auto"),
+    settings: list[str] | None = typer.Option(None, "--set", help="an inference setting of the run, key.sub=value (e.g. prompt.max_history_items=40); repeatable"),
 ) -> None:
     """Evaluate one model (a registry baseline trained here, or a run directory) with full ranking."""
     from llmrec.config import load_yaml
@@ -95,12 +99,14 @@ def evaluate_command(
             raise typer.BadParameter(f"--scoring must be one of {', '.join(SCORINGS)}, got {scoring!r}")
         if run is None:
             raise typer.BadParameter("--scoring applies to a run directory (--run)")
+    if settings and run is None:
+        raise typer.BadParameter("--set applies to a run directory (--run)")
     dataset = PreparedDataset.load(dataset_dir)
-    scorer = _load_model(dataset, model, run, load_yaml(params) if params else {}, seed, scoring)
+    scorer = _load_model(dataset, model, run, load_yaml(params) if params else {}, seed, scoring, settings or [])
     cases = sample_cases(dataset.eval_cases(split), users, seed)
     result = evaluate(scorer, cases, len(dataset.catalog), batch_size=batch_size, sampled_negatives=sampled_negatives, seed=seed)
     extra = {"dataset_dir": str(dataset_dir), "split": split, "model": model or str(run), "seed": seed,
-             "users": len(cases), "scoring": scoring,
+             "users": len(cases), "scoring": scoring, "settings": settings or [],
              "command": shlex.join(["llmrec", *sys.argv[1:]])}
     with atomic_dir(out, overwrite=True) as tmp:
         write_metrics(result, tmp / "metrics.json", extra)
@@ -110,7 +116,8 @@ def evaluate_command(
     typer.echo(f"written to {out}")
 
 
-def _load_model(dataset: Any, model: str | None, run: Path | None, params: dict[str, Any], seed: int, scoring: str) -> Any:
+def _load_model(dataset: Any, model: str | None, run: Path | None, params: dict[str, Any], seed: int, scoring: str,
+                settings: list[str]) -> Any:
     if model is not None:
         from llmrec.benchmark import get_builder
 
@@ -124,7 +131,12 @@ def _load_model(dataset: Any, model: str | None, run: Path | None, params: dict[
     except ModuleNotFoundError:
         raise typer.BadParameter("--run needs llmrec.recommender, which this installation lacks") from None
     assert run is not None
-    return Recommender.load(run, scoring=scoring)
+    from llmrec.config import ConfigError
+
+    try:
+        return Recommender.load(run, scoring=scoring, overrides=settings)
+    except ConfigError as err:
+        raise typer.BadParameter(str(err)) from None
 
 
 def register(app: typer.Typer) -> None:

@@ -202,6 +202,23 @@ def test_run_loads_as_a_catalog_scorer_that_only_recommends_unseen_catalog_items
         Recommender.load(run_dir, device="cpu", scoring="beam")
 
 
+def test_a_loaded_run_reads_a_longer_or_shorter_history_only_when_asked(trained: dict[str, Any], dataset: PreparedDataset):
+    from llmrec.run_loading import read_run_config
+
+    run_dir = trained["ranker"].run_dir
+    history = dataset.eval_cases("test")[0].history
+    assert len(history.items) > 2
+    default = Recommender.load(run_dir, device="cpu")
+    short = Recommender.load(run_dir, device="cpu", overrides=["prompt.max_history_items=2"])
+    assert default.run is not None and short.run is not None
+    assert short.run.config.prompt.max_history_items == 2
+    assert default.run.config.prompt.max_history_items == read_run_config(run_dir).prompt.max_history_items != 2
+    scores = {name: rec.run.ranker.scorer.score([history]) for name, rec in (("default", default), ("short", short))}
+    assert not torch.equal(scores["default"], scores["short"])  # the prompt really changed
+    with pytest.raises(ConfigError, match="only inference settings"):
+        Recommender.load(run_dir, device="cpu", overrides=["catalog_head.title_mlp=0"])
+
+
 def test_loaded_head_matches_the_trained_one(trained: dict[str, Any], dataset: PreparedDataset, tokenizer: Any):
     run_dir = trained["ranker"].run_dir
     state = torch.load(run_dir / CATALOG_HEAD_FILE, weights_only=True)

@@ -264,7 +264,12 @@ def test_cli_evaluate_a_user_subset_with_either_scoring(decoder_run: Path, tmp_p
         assert len(ranks) == 3
         users[scoring] = set(ranks["user_id"].astype(str))
     assert users["beam"] == users["full_catalog"]  # the subset depends on --seed only
-    for bad in (["--users", "0"], ["--scoring", "greedy"]):
+    shorter = runner.invoke(app, ["evaluate", "--run", str(decoder_run), "--dataset-dir", data_dir, "--split", "valid",
+                                  "--users", "3", "--seed", "1", "--set", "prompt.max_history_items=1", "--out",
+                                  str(tmp_path / "short")])
+    assert shorter.exit_code == 0, shorter.output
+    assert json.loads((tmp_path / "short" / "metrics.json").read_text())["settings"] == ["prompt.max_history_items=1"]
+    for bad in (["--users", "0"], ["--scoring", "greedy"], ["--set", "lora.r=4"], ["--set", "prompt.template=explain"]):
         refused = runner.invoke(app, ["evaluate", "--run", str(decoder_run), "--dataset-dir", data_dir, "--out",
                                       str(tmp_path / "x"), *bad])
         assert refused.exit_code == 2 and not (tmp_path / "x").exists()
