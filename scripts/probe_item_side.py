@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, float | str]]:
     model, tokenizer = build_model(cfg.model, cfg.lora)
     texts = title_texts(data.catalog, cfg.prompt, load_template(cfg.prompt.template, cfg.prompt.prompts_dir))
     titles = title_vectors(model.get_input_embeddings().weight, tokenizer, texts)
-    titles = (titles - titles.mean(0)) / (titles - titles.mean(0)).norm(dim=1, keepdim=True) * 3
+    titles = titles - titles.mean(0)
+    titles = titles / titles.norm(dim=1, keepdim=True) * 3  # centred, unit length x 3
     prefixes, targets = [], []
     for sequence in data.sequences(("train",)):
         for j in range(1, len(sequence.items)):

@@ -80,8 +80,9 @@ class CatalogHead(nn.Module):
             items = items + self.mlp(self.titles)
         return items if self.residuals is None else items + self.residuals
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        items = self.item_matrix()
+    def forward(self, hidden: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
+        """``(..., N)`` scores; ``items`` is a precomputed :meth:`item_matrix` (inference reuses one)."""
+        items = self.item_matrix() if items is None else items
         return nn.functional.linear(hidden.to(items.dtype), items)
 
     def head_state(self) -> dict[str, Any]:
@@ -243,7 +244,8 @@ class CatalogHeadScorer:
         """``(len(histories), N)`` item scores (higher is better), fp32 on the CPU."""
         if not histories:
             return torch.zeros(0, len(self.head.item_ids))
+        items = self.head.item_matrix()  # (N, d) once per call, not once per batch of users
         chunks = []
         for start in range(0, len(histories), self.batch_size):
-            chunks.append(self.head(self.hidden(histories[start:start + self.batch_size])).float().cpu())
+            chunks.append(self.head(self.hidden(histories[start:start + self.batch_size]), items).float().cpu())
         return torch.cat(chunks)
