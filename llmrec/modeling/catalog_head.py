@@ -15,7 +15,13 @@ both training and ranking (``train.format: catalog``):
   learned per-item vector (zero at the start) is added, which is collaborative information (an
   item embedding), so it is reported as its own row;
 * the score of item ``i`` after a history is ``h @ item_i`` where ``h`` is the decoder's last
-  hidden state at the end of the history text (the newline the next title would follow).
+  hidden state at the end of the history text (the newline the next title would follow);
+  ``catalog_head.history_pool: P`` adds to ``h`` a shared linear map (zero at the start) of the
+  mean item vector of the last ``P`` history items, a skip path from the titles the prompt shows
+  to the user vector that does not go through the transformer (still no per-item parameter).
+  During training the head is fed, for every target, the items of the earlier labelled lines of
+  its window (:func:`target_histories`, :func:`feed_target_histories`); at inference, the last
+  ``P`` items of the history.
 
 During training the head *replaces* the model's ``lm_head`` (:func:`attach_catalog_head`), so the
 loop's loss runs unchanged through the outer (PEFT / DDP) model: the labels of a ``catalog``
@@ -28,7 +34,8 @@ state in ``catalog_head.pt`` (title vectors are recomputed from the base weights
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,9 +57,12 @@ class CatalogHead(nn.Module):
         residuals: learn a per-item vector added to the projected title vector.
         mlp_hidden: width of the title MLP ``LayerNorm -> Linear -> GELU -> Linear`` whose output
             (zero at the start) is added to the projected title vector; 0 = none.
+        history_pool: how many of the latest history items' vectors are averaged, mapped by a
+            shared ``(d, d)`` linear layer (zero at the start) and added to the hidden state; 0 = none.
     """
 
-    def __init__(self, titles: torch.Tensor, item_ids: Sequence[str], residuals: bool = False, mlp_hidden: int = 0):
+    def __init__(self, titles: torch.Tensor, item_ids: Sequence[str], residuals: bool = False, mlp_hidden: int = 0,
+                 history_pool: int = 0):
         super().__init__()
         num_items, dim = titles.shape
         if num_items != len(item_ids):
@@ -68,6 +78,14 @@ class CatalogHead(nn.Module):
             out = nn.Linear(mlp_hidden, dim, bias=False)
             nn.init.zeros_(out.weight)  # the head starts as the projection alone
             self.mlp = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, mlp_hidden), nn.GELU(), out)
+        if history_pool < 0:
+            raise ValueError(f"history_pool must be >= 0, got {history_pool}")
+        self.history_pool = history_pool
+        self.pool: nn.Linear | None = None
+        if history_pool > 0:
+            self.pool = nn.Linear(dim, dim, bias=False)
+            nn.init.zeros_(self.pool.weight)  # the head starts as the hidden state alone
+        self._fed: torch.Tensor | None = None  # (K, P) histories of the forward pass in flight (training)
 
     @property
     def device(self) -> torch.device:
@@ -80,10 +98,43 @@ class CatalogHead(nn.Module):
             items = items + self.mlp(self.titles)
         return items if self.residuals is None else items + self.residuals
 
-    def forward(self, hidden: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
-        """``(..., N)`` scores; ``items`` is a precomputed :meth:`item_matrix` (inference reuses one)."""
+    def forward(self, hidden: torch.Tensor, items: torch.Tensor | None = None,
+                history: torch.Tensor | None = None) -> torch.Tensor:
+        """``(..., N)`` scores of ``(..., d)`` hidden states.
+
+        Args:
+            items: a precomputed :meth:`item_matrix` (inference reuses one).
+            history: with ``history_pool``, ``(K, P)`` item indices (-1 = none) of the latest
+                history items of each of the K hidden states (``hidden`` must hold K vectors);
+                None takes what :meth:`feeding` set (training, where the model calls the head).
+        """
         items = self.item_matrix() if items is None else items
-        return nn.functional.linear(hidden.to(items.dtype), items)
+        hidden = hidden.to(items.dtype)
+        if self.pool is not None:
+            history = self._fed if history is None else history
+            if history is None:
+                raise RuntimeError("this catalog head pools the history (catalog_head.history_pool) but was given none")
+            if history.shape[0] != hidden.shape[:-1].numel():
+                raise ValueError(f"{history.shape[0]} histories for {hidden.shape[:-1].numel()} hidden states "
+                                 "(the model must call the head on label positions only: logits_to_keep)")
+            hidden = hidden + self.pool(self.pooled(history.to(items.device), items)).reshape(hidden.shape)
+        return nn.functional.linear(hidden, items)
+
+    @staticmethod
+    def pooled(history: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """``(K, d)`` mean of the item vectors ``items[history]`` over the entries >= 0 (zero when none)."""
+        present = (history >= 0).unsqueeze(-1).to(items.dtype)  # (K, P, 1)
+        summed = (items[history.clamp(min=0)] * present).sum(dim=1)  # (K, d)
+        return summed / present.sum(dim=1).clamp(min=1.0)
+
+    @contextlib.contextmanager
+    def feeding(self, history: torch.Tensor) -> Iterator[None]:
+        """Within the block, calls without ``history`` use this one (the model calls the head itself)."""
+        self._fed = history
+        try:
+            yield
+        finally:
+            self._fed = None
 
     def head_state(self) -> dict[str, Any]:
         """What :func:`save_catalog_head` writes: the trained tensors and the row ids."""
@@ -92,7 +143,65 @@ class CatalogHead(nn.Module):
             state["residuals"] = self.residuals.detach().float().cpu()
         if self.mlp is not None:
             state["mlp"] = {name: tensor.detach().float().cpu() for name, tensor in self.mlp.state_dict().items()}
+        if self.pool is not None:
+            state["pool"] = self.pool.weight.detach().float().cpu()
+            state["history_pool"] = self.history_pool
         return state
+
+    def recent(self, histories: Sequence[UserSequence]) -> torch.Tensor | None:
+        """``(B, P)`` the last ``history_pool`` items of each history (-1 pads short ones); None without a pool."""
+        if self.pool is None:
+            return None
+        size = self.history_pool
+        return torch.tensor([([-1] * size + list(h.items[-size:]))[-size:] for h in histories], dtype=torch.long)
+
+
+def target_histories(labels: torch.Tensor, size: int, position_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """``(K, size)`` for each target of a ``catalog`` batch, the items of the earlier labelled lines of its example.
+
+    Rows follow the order in which the loss gathers targets (row-major over label positions);
+    the latest ``size`` earlier targets of the same example, -1 padded on the left. Packed rows
+    (``position_ids`` restarting at 0) are split at their example boundaries. The window's first
+    line carries no label, so it is not in any history.
+
+    Args:
+        labels: ``(B, T)`` catalog indices at the first token of each line, -100 elsewhere.
+    """
+    from llmrec.training.loss import IGNORE_INDEX
+
+    rows: list[list[int]] = []
+    for row in range(labels.shape[0]):
+        columns = (torch.nonzero(labels[row, 1:] != IGNORE_INDEX).flatten() + 1).tolist()
+        values = labels[row].tolist()
+        starts = (position_ids[row] == 0).cumsum(0).tolist() if position_ids is not None else [0] * labels.shape[1]
+        earlier: list[int] = []
+        example = None
+        for column in columns:
+            if starts[column] != example:
+                earlier, example = [], starts[column]
+            rows.append(([-1] * size + earlier)[-size:])
+            earlier.append(int(values[column]))
+    return torch.tensor(rows, dtype=torch.long).reshape(len(rows), size)
+
+
+LossFunction = Callable[[nn.Module, Any], torch.Tensor]  # (model, batch) -> scalar
+
+
+def feed_target_histories(loss_fn: LossFunction) -> LossFunction:
+    """``loss_fn`` that hands the attached head each target's history (:func:`target_histories`) first.
+
+    A no-op wrapper for heads without ``history_pool``.
+    """
+
+    def loss(model: nn.Module, batch: Any) -> torch.Tensor:
+        head = attached_head(model)
+        if head is None or head.pool is None:
+            return loss_fn(model, batch)
+        history = target_histories(batch["labels"], head.history_pool, batch.get("position_ids"))
+        with head.feeding(history.to(head.device)):
+            return loss_fn(model, batch)
+
+    return loss
 
 
 def title_texts(catalog: Catalog, prompt_cfg: Any, template: Any) -> list[str]:
@@ -121,14 +230,14 @@ def title_vectors(embeddings: torch.Tensor, tokenizer: Any, texts: Sequence[str]
 
 
 def build_catalog_head(model: Any, tokenizer: Any, catalog: Catalog, prompt_cfg: Any, residuals: bool,
-                       mlp_hidden: int = 0) -> CatalogHead:
+                       mlp_hidden: int = 0, history_pool: int = 0) -> CatalogHead:
     """A fresh head for ``catalog`` from ``model``'s input embeddings and the prompt's title format."""
     from llmrec.prompts import load_template
 
     template = load_template(prompt_cfg.template, prompt_cfg.prompts_dir)
     embeddings = model.get_input_embeddings().weight
     head = CatalogHead(title_vectors(embeddings, tokenizer, title_texts(catalog, prompt_cfg, template)),
-                       catalog.item_ids, residuals, mlp_hidden)
+                       catalog.item_ids, residuals, mlp_hidden, history_pool)
     return head.to(embeddings.device)
 
 
@@ -182,12 +291,14 @@ def load_catalog_head(path: Path, model: Any, tokenizer: Any, catalog: Catalog, 
     mlp_state = state.get("mlp")
     mlp_hidden = mlp_state["1.weight"].shape[0] if mlp_state is not None else 0
     head = build_catalog_head(model, tokenizer, catalog, prompt_cfg, residuals="residuals" in state,
-                              mlp_hidden=mlp_hidden)
+                              mlp_hidden=mlp_hidden, history_pool=int(state.get("history_pool", 0)))
     device = head.device
     with torch.no_grad():
         head.proj.weight.copy_(state["proj"])
         if head.mlp is not None:
             head.mlp.load_state_dict(mlp_state)
+        if head.pool is not None:
+            head.pool.weight.copy_(state["pool"])
         if head.residuals is not None:
             known = {item_id: row for row, item_id in enumerate(state["item_ids"])}
             rows = torch.tensor([known.get(item_id, -1) for item_id in catalog.item_ids])
@@ -247,5 +358,6 @@ class CatalogHeadScorer:
         items = self.head.item_matrix()  # (N, d) once per call, not once per batch of users
         chunks = []
         for start in range(0, len(histories), self.batch_size):
-            chunks.append(self.head(self.hidden(histories[start:start + self.batch_size]), items).float().cpu())
+            batch = histories[start:start + self.batch_size]
+            chunks.append(self.head(self.hidden(batch), items, self.head.recent(batch)).float().cpu())
         return torch.cat(chunks)

@@ -33,6 +33,7 @@ from llmrec.modeling.catalog_head import (
     CATALOG_HEAD_FILE,
     attached_head,
     detach_catalog_head,
+    feed_target_histories,
     save_catalog_head,
 )
 from llmrec.training import checkpoint as ckpt
@@ -281,6 +282,8 @@ def train(
 
         model, tokenizer = build_model(run_cfg.model, run_cfg.lora)
     original_head = attach_head_for_format(run_cfg, model, tokenizer)
+    if original_head is not None:
+        loss_fn = feed_target_histories(loss_fn)  # a head with history_pool needs each target's earlier items
     data = data if data is not None else build_data(run_cfg, tokenizer, next(model.parameters()).dtype)
     loss_fn = compute_dtype_loss(loss_fn, model, accelerator, train_cfg.mixed_precision)
     train_loader = build_dataloader(data.train, data.collate, train_cfg.batch_size, True, train_cfg.seed,

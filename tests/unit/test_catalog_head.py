@@ -26,8 +26,10 @@ from llmrec.modeling.catalog_head import (
     attached_head,
     build_catalog_head,
     detach_catalog_head,
+    feed_target_histories,
     last_positions,
     load_catalog_head,
+    target_histories,
     title_vectors,
 )
 from llmrec.prompts import load_template
@@ -132,6 +134,67 @@ def test_catalog_loss_is_the_item_softmax_at_the_line_starts(dataset: PreparedDa
     assert attached_head(model) is None and model.lm_head is original
 
 
+def test_target_histories_are_the_earlier_labelled_items_of_the_same_example():
+    x = IGNORE_INDEX
+    labels = torch.tensor([[x, x, 7, x, 3, x, 5, x, 9],  # one example: targets 7, 3, 5, 9
+                           [x, 4, x, 6, x, x, 2, x, 8]])  # packed: example A (4, 6) then B (2, 8) from column 5
+    positions = torch.tensor([[0, 1, 2, 3, 4, 5, 6, 7, 8],
+                              [0, 1, 2, 3, 4, 0, 1, 2, 3]])
+    expected = [[-1, -1], [-1, 7], [7, 3], [3, 5],  # row 0, latest two earlier targets
+                [-1, -1], [-1, 4], [-1, -1], [-1, 2]]  # row 1: B's history does not reach into A
+    assert target_histories(labels, 2, positions).tolist() == expected
+    assert target_histories(labels[:1], 2).tolist() == expected[:4]  # unpacked rows need no positions
+    assert target_histories(torch.full((2, 4), x), 3).shape == (0, 3)
+
+
+def test_history_pool_starts_at_zero_and_adds_a_shared_map_of_the_recent_items(dataset: PreparedDataset, tokenizer: Any):
+    model = tiny_llama(len(tokenizer))
+    head = build_catalog_head(model, tokenizer, dataset.catalog, prompt_cfg(), residuals=False)
+    pooled = CatalogHead(head.titles, head.item_ids, history_pool=2)
+    assert [n for n, _ in pooled.named_parameters()] == ["proj.weight", "pool.weight"]  # nothing per item
+    hidden = torch.randn(3, model.config.hidden_size)
+    history = torch.tensor([[-1, -1], [-1, 4], [2, 5]])
+    torch.testing.assert_close(pooled(hidden, history=history), head(hidden))  # zero at the start
+    with torch.no_grad():
+        pooled.pool.weight.normal_()  # type: ignore[union-attr]
+    items = pooled.item_matrix()
+    user = hidden.clone()
+    user[1] += pooled.pool(items[4])  # type: ignore[misc]
+    user[2] += pooled.pool((items[2] + items[5]) / 2)  # type: ignore[misc]
+    torch.testing.assert_close(pooled(hidden, history=history), user @ items.T, rtol=1e-4, atol=1e-4)
+    with pytest.raises(RuntimeError, match="history_pool"):
+        pooled(hidden)  # a pooled head never silently scores without the history
+    with pytest.raises(ValueError, match="2 histories for 3 hidden states"):
+        pooled(hidden, history=history[:2])
+    with pooled.feeding(history):
+        torch.testing.assert_close(pooled(hidden), pooled(hidden, history=history))
+    assert pooled._fed is None
+
+
+def test_pooled_catalog_loss_feeds_each_target_its_earlier_items(dataset: PreparedDataset, tokenizer: Any):
+    model = tiny_llama(len(tokenizer))
+    head = build_catalog_head(model, tokenizer, dataset.catalog, prompt_cfg(), residuals=False, history_pool=3)
+    with torch.no_grad():
+        head.pool.weight.normal_(std=0.5)  # type: ignore[union-attr]
+    attach_catalog_head(model, head)
+    builder = ExampleBuilder(dataset, load_template("next_item"), tokenizer, prompt_cfg(), 256, "catalog")
+    example = next(builder.item_span(training_sequences(dataset)[0]))
+    batch = {"input_ids": torch.tensor([example.input_ids]), "labels": torch.tensor([example.labels]),
+             "attention_mask": torch.ones(1, len(example.input_ids), dtype=torch.long)}
+    with pytest.raises(RuntimeError, match="history_pool"):
+        causal_lm_loss_on_labels(model, batch)  # the bare loss cannot feed the head
+    loss = feed_target_histories(causal_lm_loss_on_labels)(model, batch)
+    hidden = model.model(input_ids=batch["input_ids"]).last_hidden_state[0]  # (T, d)
+    labels = torch.tensor(example.labels)
+    where = (labels != IGNORE_INDEX).nonzero().squeeze(1)
+    targets = labels[where].tolist()
+    history = torch.tensor([([-1] * 3 + targets[:j])[-3:] for j in range(len(targets))])
+    expected = torch.nn.functional.cross_entropy(head(hidden[where - 1], history=history), labels[where])
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+    loss.backward()
+    assert head.pool.weight.grad is not None and head.pool.weight.grad.abs().sum() > 0  # type: ignore[union-attr]
+
+
 def test_last_positions_handles_left_and_right_padding():
     left = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])
     right = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])
@@ -154,6 +217,16 @@ def test_scorer_gives_a_history_the_same_scores_alone_and_in_a_padded_batch(data
     ids = tokenizer([render(histories[0])], return_tensors="pt")["input_ids"]
     hidden = model.model(input_ids=ids).last_hidden_state[0, -1]
     torch.testing.assert_close(together[0], head(hidden), rtol=1e-4, atol=1e-4)
+    # with a history pool, each user's own latest items are pooled, alone or in a batch
+    pooled = CatalogHead(head.titles, head.item_ids, history_pool=3)
+    with torch.no_grad():
+        pooled.pool.weight.normal_(std=0.5)  # type: ignore[union-attr]
+    scorer = CatalogHeadScorer(model, tokenizer, pooled, render, batch_size=3, add_special_tokens=True)
+    together = scorer.score(histories)
+    recent = torch.tensor([list(histories[0].items[-3:])])
+    torch.testing.assert_close(together[0], pooled(hidden[None], history=recent)[0], rtol=1e-4, atol=1e-4)
+    for row, history in enumerate(histories):
+        torch.testing.assert_close(scorer.score([history])[0], together[row], rtol=1e-4, atol=1e-4)
 
 
 @pytest.fixture(scope="module")
@@ -161,7 +234,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, dataset: PreparedDataset, 
     """The recipe through the benchmark's ``llm`` entry: trains 3 steps, validation-ranks, loads the run."""
     out = tmp_path_factory.mktemp("catalog-run") / "run"
     overrides = [*tiny_recipe_overrides(tokenizer_dir), "catalog_head.item_residuals=true", "catalog_head.learning_rate=2e-3",
-                 "catalog_head.title_mlp=16"]
+                 "catalog_head.title_mlp=16", "catalog_head.history_pool=3"]
     params = {"config": [RECIPE], "overrides": overrides,
               "output_dir": str(out), "valid_users": 5, "device": "cpu", "scoring": "catalog_head"}
     ranker = build_and_train(dataset, params, seed=0)
@@ -232,6 +305,9 @@ def test_loaded_head_matches_the_trained_one(trained: dict[str, Any], dataset: P
     for name, tensor in head.mlp.state_dict().items():
         torch.testing.assert_close(tensor, state["mlp"][name])
     assert state["mlp"]["3.weight"].abs().sum() > 0  # the zero-initialised output layer trained
+    assert head.pool is not None and head.history_pool == state["history_pool"] == 3
+    torch.testing.assert_close(head.pool.weight.detach(), state["pool"])
+    assert state["pool"].abs().sum() > 0  # the zero-initialised history pool trained through the loop
 
 
 def test_a_model_without_lm_head_has_no_attached_head(tokenizer: Any):
@@ -304,6 +380,8 @@ def test_head_settings_are_validated():
         load_config([RECIPE], ["catalog_head.batch_size=0"])
     with pytest.raises(ConfigError, match="catalog_head.title_mlp"):
         load_config([RECIPE], ["catalog_head.title_mlp=-1"])
+    with pytest.raises(ConfigError, match="catalog_head.history_pool"):
+        load_config([RECIPE], ["catalog_head.history_pool=-2"])
     with pytest.raises(ConfigError, match="needs train.format: catalog"):  # it would silently do nothing
         load_config([RECIPE], ["train.format=item_span", "catalog_head.learning_rate=5e-3"])
 
