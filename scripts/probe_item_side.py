@@ -14,8 +14,10 @@ Item vectors start from the recipe's title vectors (mean SmolLM2 input embedding
 
 The user side is deliberately simple and identical for all three (a shared linear map of the mean
 of the last five train items' vectors), trained by full-catalog softmax on every train transition;
-the score is the validation split through the shared evaluator (full catalog, history excluded).
-Prints a table and writes it as JSON.
+the score is the validation split (``--split test`` for the test split, once a recipe is chosen)
+through the shared evaluator (full catalog, history excluded). Prints a table and writes it as JSON.
+The ``mlp`` side is also the history-pool path of ``catalog_head.history_pool`` on its own (the
+pooled mean of the last five items through the title-MLP item side, no transformer).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from llmrec.modeling.catalog_head import CatalogHead, title_texts, title_vectors
 from llmrec.prompts import load_template
 
 LAST = 5  # history items the probe's user reads
+SIDES = ("linear", "mlp", "ids")
 RECIPE = Path(__file__).resolve().parents[1] / "configs" / "ml100k" / "smollm2-catalog.yaml"
 
 
@@ -70,6 +73,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, float | str]]:
     parser.add_argument("--config", type=Path, default=RECIPE, help="the recipe whose title format and model are probed")
     parser.add_argument("--prepared", type=Path, default=Path("data/ml-100k"))
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--split", choices=("valid", "test"), default="valid", help="the split scored")
+    parser.add_argument("--sides", nargs="+", choices=SIDES, default=list(SIDES), help="item sides to probe")
     parser.add_argument("--out", type=Path)
     parser.add_argument("overrides", nargs="*", help="key.sub=value config overrides (e.g. a tiny model in tests)")
     args = parser.parse_args(argv)
@@ -88,7 +93,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, float | str]]:
             targets.append(sequence.items[j])
     inputs, labels = last_items(prefixes), torch.tensor(targets)
     rows: list[dict[str, float | str]] = []
-    for side in ("linear", "mlp", "ids"):
+    for side in args.sides:
         torch.manual_seed(0)
         width = 2 * titles.shape[1] if side == "mlp" else 0
         head = CatalogHead(titles, data.catalog.item_ids, residuals=side == "ids", mlp_hidden=width)
@@ -101,13 +106,14 @@ def main(argv: list[str] | None = None) -> list[dict[str, float | str]]:
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
-        result = evaluate(probe.eval(), data.eval_cases("valid"), len(data.catalog), ks=[10])
-        rows.append({"item_side": side, "train_loss": loss.item(), "valid_ndcg@10": result.metrics["ndcg@10"],
-                     "valid_hr@10": result.metrics["hr@10"], "seconds": time.perf_counter() - start})
-        print(f"{side:<7} loss {loss.item():.3f}  valid NDCG@10 {result.metrics['ndcg@10']:.4f}  "
+        result = evaluate(probe.eval(), data.eval_cases(args.split), len(data.catalog), ks=[10])
+        rows.append({"item_side": side, "train_loss": loss.item(), f"{args.split}_ndcg@10": result.metrics["ndcg@10"],
+                     f"{args.split}_hr@10": result.metrics["hr@10"], "seconds": time.perf_counter() - start})
+        print(f"{side:<7} loss {loss.item():.3f}  {args.split} NDCG@10 {result.metrics['ndcg@10']:.4f}  "
               f"HR@10 {result.metrics['hr@10']:.4f}  ({time.perf_counter() - start:.0f} s)", flush=True)
     if args.out:
-        write_json(args.out, {"config": str(args.config), "epochs": args.epochs, "seed": 0, "rows": rows})
+        write_json(args.out, {"config": str(args.config), "epochs": args.epochs, "seed": 0, "split": args.split,
+                              "rows": rows})
     return rows
 
 
