@@ -17,11 +17,12 @@ both training and ranking (``train.format: catalog``):
 * the score of item ``i`` after a history is ``h @ item_i`` where ``h`` is the decoder's last
   hidden state at the end of the history text (the newline the next title would follow);
   ``catalog_head.history_pool: P`` adds to ``h`` a shared linear map (zero at the start) of the
-  mean item vector of the last ``P`` history items, a skip path from the titles the prompt shows
-  to the user vector that does not go through the transformer (still no per-item parameter).
-  During training the head is fed, for every target, the items of the earlier labelled lines of
-  its window (:func:`target_histories`, :func:`feed_target_histories`); at inference, the last
-  ``P`` items of the history.
+  mean item vector of the last ``P`` history items, a skip path from the latest titles to the
+  user vector that does not go through the transformer (still no per-item parameter). During
+  training the head is fed, for every target, the items of the earlier labelled lines of its
+  window (:func:`target_histories`, :func:`feed_target_histories`); at inference, the last ``P``
+  items of the history, whether or not a shortened prompt window (an inference override) still
+  shows them all.
 
 During training the head *replaces* the model's ``lm_head`` (:func:`attach_catalog_head`), so the
 loop's loss runs unchanged through the outer (PEFT / DDP) model: the labels of a ``catalog``
