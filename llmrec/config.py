@@ -151,7 +151,7 @@ class CatalogHeadConfig:
 
     item_residuals: bool = False  # add a learned per-item vector (zero-initialised): an item embedding, report as its own row
     title_mlp: int = 0  # width of a shared MLP over each title vector, added to the item vector (0 = none; no per-item parameter)
-    history_pool: int = 0  # add a shared linear map of the mean vector of the last N history items to the user's hidden state (0 = none)
+    history_pool: int = 0  # add a shared map (LayerNorm -> Linear) of the mean vector of the last N history items to the user's hidden state (0 = none)
     batch_size: int = 16  # users per forward pass when ranking
     learning_rate: float | None = None  # peak learning rate of the head's parameters (None = train.learning_rate)
 

@@ -16,8 +16,9 @@ both training and ranking (``train.format: catalog``):
   item embedding), so it is reported as its own row;
 * the score of item ``i`` after a history is ``h @ item_i`` where ``h`` is the decoder's last
   hidden state at the end of the history text (the newline the next title would follow);
-  ``catalog_head.history_pool: P`` adds to ``h`` a shared linear map (zero at the start) of the
-  mean item vector of the last ``P`` history items, a skip path from the latest titles to the
+  ``catalog_head.history_pool: P`` adds to ``h`` a shared ``LayerNorm -> Linear`` map (zero at
+  the start) of the mean item vector of the last ``P`` history items, centred on the catalog's
+  mean item vector (the part all titles share carries no preference), a skip path from the latest titles to the
   user vector that does not go through the transformer (still no per-item parameter). During
   training the head is fed, for every target, the items of the earlier labelled lines of its
   window (:func:`target_histories`, :func:`feed_target_histories`); at inference, the last ``P``
@@ -58,8 +59,10 @@ class CatalogHead(nn.Module):
         residuals: learn a per-item vector added to the projected title vector.
         mlp_hidden: width of the title MLP ``LayerNorm -> Linear -> GELU -> Linear`` whose output
             (zero at the start) is added to the projected title vector; 0 = none.
-        history_pool: how many of the latest history items' vectors are averaged, mapped by a
-            shared ``(d, d)`` linear layer (zero at the start) and added to the hidden state; 0 = none.
+        history_pool: how many of the latest history items' vectors are averaged, centred on the
+            mean item vector, mapped by a shared ``LayerNorm -> Linear(d, d)`` (the linear layer
+            zero at the start) and added to the hidden state; 0 = none. The norm brings the small
+            pooled vector to the hidden state's scale, as the title MLP's norm does for titles.
     """
 
     def __init__(self, titles: torch.Tensor, item_ids: Sequence[str], residuals: bool = False, mlp_hidden: int = 0,
@@ -82,10 +85,11 @@ class CatalogHead(nn.Module):
         if history_pool < 0:
             raise ValueError(f"history_pool must be >= 0, got {history_pool}")
         self.history_pool = history_pool
-        self.pool: nn.Linear | None = None
+        self.pool: nn.Sequential | None = None
         if history_pool > 0:
-            self.pool = nn.Linear(dim, dim, bias=False)
-            nn.init.zeros_(self.pool.weight)  # the head starts as the hidden state alone
+            out = nn.Linear(dim, dim, bias=False)
+            nn.init.zeros_(out.weight)  # the head starts as the hidden state alone
+            self.pool = nn.Sequential(nn.LayerNorm(dim), out)
         self._fed: torch.Tensor | None = None  # (K, P) histories of the forward pass in flight (training)
 
     @property
@@ -118,15 +122,17 @@ class CatalogHead(nn.Module):
             if history.shape[0] != hidden.shape[:-1].numel():
                 raise ValueError(f"{history.shape[0]} histories for {hidden.shape[:-1].numel()} hidden states "
                                  "(the model must call the head on label positions only: logits_to_keep)")
-            hidden = hidden + self.pool(self.pooled(history.to(items.device), items)).reshape(hidden.shape)
+            history = history.to(items.device)
+            present = (history >= 0).any(dim=1, keepdim=True).to(hidden.dtype)  # (K, 1): no history, no term
+            hidden = hidden + (self.pool(self.pooled(history, items)) * present).reshape(hidden.shape)
         return nn.functional.linear(hidden, items)
 
     @staticmethod
     def pooled(history: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        """``(K, d)`` mean of the item vectors ``items[history]`` over the entries >= 0 (zero when none)."""
+        """``(K, d)`` mean of the item vectors ``items[history]`` over the entries >= 0, minus the mean item vector."""
         present = (history >= 0).unsqueeze(-1).to(items.dtype)  # (K, P, 1)
         summed = (items[history.clamp(min=0)] * present).sum(dim=1)  # (K, d)
-        return summed / present.sum(dim=1).clamp(min=1.0)
+        return summed / present.sum(dim=1).clamp(min=1.0) - items.mean(dim=0)
 
     @contextlib.contextmanager
     def feeding(self, history: torch.Tensor) -> Iterator[None]:
@@ -145,7 +151,7 @@ class CatalogHead(nn.Module):
         if self.mlp is not None:
             state["mlp"] = {name: tensor.detach().float().cpu() for name, tensor in self.mlp.state_dict().items()}
         if self.pool is not None:
-            state["pool"] = self.pool.weight.detach().float().cpu()
+            state["pool"] = {name: tensor.detach().float().cpu() for name, tensor in self.pool.state_dict().items()}
             state["history_pool"] = self.history_pool
         return state
 
@@ -299,7 +305,7 @@ def load_catalog_head(path: Path, model: Any, tokenizer: Any, catalog: Catalog, 
         if head.mlp is not None:
             head.mlp.load_state_dict(mlp_state)
         if head.pool is not None:
-            head.pool.weight.copy_(state["pool"])
+            head.pool.load_state_dict(state["pool"])
         if head.residuals is not None:
             known = {item_id: row for row, item_id in enumerate(state["item_ids"])}
             rows = torch.tensor([known.get(item_id, -1) for item_id in catalog.item_ids])

@@ -151,16 +151,18 @@ def test_history_pool_starts_at_zero_and_adds_a_shared_map_of_the_recent_items(d
     model = tiny_llama(len(tokenizer))
     head = build_catalog_head(model, tokenizer, dataset.catalog, prompt_cfg(), residuals=False)
     pooled = CatalogHead(head.titles, head.item_ids, history_pool=2)
-    assert [n for n, _ in pooled.named_parameters()] == ["proj.weight", "pool.weight"]  # nothing per item
+    assert [n for n, _ in pooled.named_parameters()] == ["proj.weight", "pool.0.weight", "pool.0.bias",
+                                                        "pool.1.weight"]  # nothing per item
     hidden = torch.randn(3, model.config.hidden_size)
     history = torch.tensor([[-1, -1], [-1, 4], [2, 5]])
     torch.testing.assert_close(pooled(hidden, history=history), head(hidden))  # zero at the start
+    assert pooled.pool is not None
     with torch.no_grad():
-        pooled.pool.weight.normal_()  # type: ignore[union-attr]
+        pooled.pool[1].weight.normal_()
     items = pooled.item_matrix()
-    user = hidden.clone()
-    user[1] += pooled.pool(items[4])  # type: ignore[misc]
-    user[2] += pooled.pool((items[2] + items[5]) / 2)  # type: ignore[misc]
+    user = hidden.clone()  # row 0 has no history: no term
+    user[1] += pooled.pool(items[4] - items.mean(dim=0))  # centred on the mean item vector
+    user[2] += pooled.pool((items[2] + items[5]) / 2 - items.mean(dim=0))
     torch.testing.assert_close(pooled(hidden, history=history), user @ items.T, rtol=1e-4, atol=1e-4)
     with pytest.raises(RuntimeError, match="history_pool"):
         pooled(hidden)  # a pooled head never silently scores without the history
@@ -174,8 +176,9 @@ def test_history_pool_starts_at_zero_and_adds_a_shared_map_of_the_recent_items(d
 def test_pooled_catalog_loss_feeds_each_target_its_earlier_items(dataset: PreparedDataset, tokenizer: Any):
     model = tiny_llama(len(tokenizer))
     head = build_catalog_head(model, tokenizer, dataset.catalog, prompt_cfg(), residuals=False, history_pool=3)
+    assert head.pool is not None
     with torch.no_grad():
-        head.pool.weight.normal_(std=0.5)  # type: ignore[union-attr]
+        head.pool[1].weight.normal_(std=0.05)
     attach_catalog_head(model, head)
     builder = ExampleBuilder(dataset, load_template("next_item"), tokenizer, prompt_cfg(), 256, "catalog")
     example = next(builder.item_span(training_sequences(dataset)[0]))
@@ -192,7 +195,8 @@ def test_pooled_catalog_loss_feeds_each_target_its_earlier_items(dataset: Prepar
     expected = torch.nn.functional.cross_entropy(head(hidden[where - 1], history=history), labels[where])
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
     loss.backward()
-    assert head.pool.weight.grad is not None and head.pool.weight.grad.abs().sum() > 0  # type: ignore[union-attr]
+    grad = head.pool[1].weight.grad
+    assert grad is not None and grad.abs().sum() > 0
 
 
 def test_last_positions_handles_left_and_right_padding():
@@ -219,8 +223,9 @@ def test_scorer_gives_a_history_the_same_scores_alone_and_in_a_padded_batch(data
     torch.testing.assert_close(together[0], head(hidden), rtol=1e-4, atol=1e-4)
     # with a history pool, each user's own latest items are pooled, alone or in a batch
     pooled = CatalogHead(head.titles, head.item_ids, history_pool=3)
+    assert pooled.pool is not None
     with torch.no_grad():
-        pooled.pool.weight.normal_(std=0.5)  # type: ignore[union-attr]
+        pooled.pool[1].weight.normal_(std=0.05)
     scorer = CatalogHeadScorer(model, tokenizer, pooled, render, batch_size=3, add_special_tokens=True)
     together = scorer.score(histories)
     recent = torch.tensor([list(histories[0].items[-3:])])
@@ -306,8 +311,9 @@ def test_loaded_head_matches_the_trained_one(trained: dict[str, Any], dataset: P
         torch.testing.assert_close(tensor, state["mlp"][name])
     assert state["mlp"]["3.weight"].abs().sum() > 0  # the zero-initialised output layer trained
     assert head.pool is not None and head.history_pool == state["history_pool"] == 3
-    torch.testing.assert_close(head.pool.weight.detach(), state["pool"])
-    assert state["pool"].abs().sum() > 0  # the zero-initialised history pool trained through the loop
+    for name, tensor in head.pool.state_dict().items():
+        torch.testing.assert_close(tensor, state["pool"][name])
+    assert state["pool"]["1.weight"].abs().sum() > 0  # the zero-initialised history pool trained through the loop
 
 
 def test_a_model_without_lm_head_has_no_attached_head(tokenizer: Any):
