@@ -16,8 +16,9 @@ The user side is deliberately simple and identical for all three (a shared linea
 of the last five train items' vectors), trained by full-catalog softmax on every train transition;
 the score is the validation split (``--split test`` for the test split, once a recipe is chosen)
 through the shared evaluator (full catalog, history excluded). Prints a table and writes it as JSON.
-The ``mlp`` side is also the history-pool path of ``catalog_head.history_pool`` on its own (the
-pooled mean of the last five items through the title-MLP item side, no transformer).
+The ``mlp`` side stands in for the history-pool path of ``catalog_head.history_pool`` alone (the
+mean of the last five items over the title-MLP item side, no transformer); it differs in centring
+the title vectors rather than the pooled mean, and in an identity-initialised map without a norm.
 """
 
 from __future__ import annotations
