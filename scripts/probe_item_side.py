@@ -37,7 +37,7 @@ from llmrec.data.schema import UserSequence
 from llmrec.evaluation.evaluate import evaluate
 from llmrec.io import write_json
 from llmrec.modeling.build import build_model
-from llmrec.modeling.catalog_head import CatalogHead, title_texts, title_vectors
+from llmrec.modeling.catalog_head import CatalogHead, latest, mean_item_vector, title_texts, title_vectors
 from llmrec.prompts import load_template
 
 LAST = 5  # history items the probe's user reads
@@ -56,9 +56,7 @@ class MeanOfLastItems(nn.Module):
 
     def forward(self, last: torch.Tensor) -> torch.Tensor:  # (B, LAST) item indices, -1 = none
         items = self.head.item_matrix()  # (N, d)
-        keep = (last >= 0).float().unsqueeze(-1)  # (B, LAST, 1)
-        mean = (items[last.clamp(min=0)] * keep).sum(1) / keep.sum(1).clamp(min=1)
-        return self.user(mean) @ items.T  # (B, N)
+        return self.user(mean_item_vector(last, items)) @ items.T  # (B, N)
 
     @torch.no_grad()
     def score(self, histories: Sequence[UserSequence]) -> torch.Tensor:
@@ -66,7 +64,7 @@ class MeanOfLastItems(nn.Module):
 
 
 def last_items(sequences: list[list[int]]) -> torch.Tensor:
-    return torch.tensor([([-1] * LAST + s)[-LAST:] for s in sequences])
+    return torch.tensor([latest(s, LAST) for s in sequences])
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, float | str]]:

@@ -99,14 +99,15 @@ def evaluate_command(
             raise typer.BadParameter(f"--scoring must be one of {', '.join(SCORINGS)}, got {scoring!r}")
         if run is None:
             raise typer.BadParameter("--scoring applies to a run directory (--run)")
+    settings = settings or []
     if settings and run is None:
         raise typer.BadParameter("--set applies to a run directory (--run)")
     dataset = PreparedDataset.load(dataset_dir)
-    scorer = _load_model(dataset, model, run, load_yaml(params) if params else {}, seed, scoring, settings or [])
+    scorer = _load_model(dataset, model, run, load_yaml(params) if params else {}, seed, scoring, settings)
     cases = sample_cases(dataset.eval_cases(split), users, seed)
     result = evaluate(scorer, cases, len(dataset.catalog), batch_size=batch_size, sampled_negatives=sampled_negatives, seed=seed)
     extra = {"dataset_dir": str(dataset_dir), "split": split, "model": model or str(run), "seed": seed,
-             "users": len(cases), "scoring": scoring, "settings": settings or [],
+             "users": len(cases), "scoring": scoring, "settings": settings,
              "command": shlex.join(["llmrec", *sys.argv[1:]])}
     with atomic_dir(out, overwrite=True) as tmp:
         write_metrics(result, tmp / "metrics.json", extra)

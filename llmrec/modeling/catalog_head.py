@@ -79,17 +79,13 @@ class CatalogHead(nn.Module):
         self.residuals = nn.Parameter(torch.zeros(num_items, dim)) if residuals else None
         self.mlp: nn.Sequential | None = None
         if mlp_hidden > 0:
-            out = nn.Linear(mlp_hidden, dim, bias=False)
-            nn.init.zeros_(out.weight)  # the head starts as the projection alone
-            self.mlp = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, mlp_hidden), nn.GELU(), out)
+            self.mlp = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, mlp_hidden), nn.GELU(), _zero_linear(mlp_hidden, dim))
         if history_pool < 0:
             raise ValueError(f"history_pool must be >= 0, got {history_pool}")
         self.history_pool = history_pool
         self.pool: nn.Sequential | None = None
         if history_pool > 0:
-            out = nn.Linear(dim, dim, bias=False)
-            nn.init.zeros_(out.weight)  # the head starts as the hidden state alone
-            self.pool = nn.Sequential(nn.LayerNorm(dim), out)
+            self.pool = nn.Sequential(nn.LayerNorm(dim), _zero_linear(dim, dim))
         self._fed: torch.Tensor | None = None  # (K, P) histories of the forward pass in flight (training)
 
     @property
@@ -129,10 +125,8 @@ class CatalogHead(nn.Module):
 
     @staticmethod
     def pooled(history: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        """``(K, d)`` mean of the item vectors ``items[history]`` over the entries >= 0, minus the mean item vector."""
-        present = (history >= 0).unsqueeze(-1).to(items.dtype)  # (K, P, 1)
-        summed = (items[history.clamp(min=0)] * present).sum(dim=1)  # (K, d)
-        return summed / present.sum(dim=1).clamp(min=1.0) - items.mean(dim=0)
+        """``(K, d)`` :func:`mean_item_vector` of each history minus the mean item vector of the catalog."""
+        return mean_item_vector(history, items) - items.mean(dim=0)
 
     @contextlib.contextmanager
     def feeding(self, history: torch.Tensor) -> Iterator[None]:
@@ -159,8 +153,26 @@ class CatalogHead(nn.Module):
         """``(B, P)`` the last ``history_pool`` items of each history (-1 pads short ones); None without a pool."""
         if self.pool is None:
             return None
-        size = self.history_pool
-        return torch.tensor([([-1] * size + list(h.items[-size:]))[-size:] for h in histories], dtype=torch.long)
+        return torch.tensor([latest(h.items, self.history_pool) for h in histories], dtype=torch.long)
+
+
+def _zero_linear(in_features: int, out_features: int) -> nn.Linear:
+    """A bias-free linear layer that outputs zero until trained (a branch that starts switched off)."""
+    layer = nn.Linear(in_features, out_features, bias=False)
+    nn.init.zeros_(layer.weight)
+    return layer
+
+
+def latest(items: Sequence[int], size: int) -> list[int]:
+    """The last ``size`` (> 0) of ``items``, oldest first, padded with -1 on the left."""
+    return ([-1] * size + list(items[-size:]))[-size:]
+
+
+def mean_item_vector(history: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+    """``(K, d)`` mean of ``items[history]`` over each row's entries >= 0 (zero for a row of -1s)."""
+    present = (history >= 0).unsqueeze(-1).to(items.dtype)  # (K, P, 1)
+    summed = (items[history.clamp(min=0)] * present).sum(dim=1)  # (K, d)
+    return summed / present.sum(dim=1).clamp(min=1.0)
 
 
 def target_histories(labels: torch.Tensor, size: int, position_ids: torch.Tensor | None = None) -> torch.Tensor:
@@ -186,7 +198,7 @@ def target_histories(labels: torch.Tensor, size: int, position_ids: torch.Tensor
         for column in columns:
             if starts[column] != example:
                 earlier, example = [], starts[column]
-            rows.append(([-1] * size + earlier)[-size:])
+            rows.append(latest(earlier, size))
             earlier.append(int(values[column]))
     return torch.tensor(rows, dtype=torch.long).reshape(len(rows), size)
 
