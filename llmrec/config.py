@@ -73,6 +73,7 @@ class ModelConfig:
     trust_remote_code: bool = False  # never on unless the user asks
     random_init_config: dict[str, Any] | None = None  # build a random model of this config (tests, throughput)
     tokenizer: str | None = None  # tokenizer source if not name_or_path (asset, dir, hub id or .gguf)
+    num_layers: int | None = None  # keep only the first N transformer blocks (None = all); the rest are never loaded
 
 
 @dataclass
@@ -200,6 +201,7 @@ class RunConfig:
             (self.model.kind in ("auto", "decoder", "encoder"), "model.kind must be auto, decoder or encoder"),
             (self.model.dtype in ("auto", "bf16", "fp16", "fp32"), "model.dtype must be auto, bf16, fp16 or fp32"),
             (not self.model.load_in_4bit or self.lora.enabled, "model.load_in_4bit (QLoRA) needs lora.enabled: true"),
+            (self.model.num_layers is None or self.model.num_layers >= 1, "model.num_layers must be >= 1 (or null for all)"),
             (self.generation.num_beams >= self.generation.top_k, "generation.num_beams must be >= generation.top_k"),
             (self.eval.split in ("valid", "test"), "eval.split must be valid or test"),
             (all(k > 0 for k in self.eval.ks), "eval.ks must be positive"),

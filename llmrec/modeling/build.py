@@ -168,6 +168,9 @@ def _random_model(
     spec.setdefault("vocab_size", len(tokenizer))
     spec.setdefault("pad_token_id", tokenizer.pad_token_id)
     spec.update(extra)
+    if model_cfg.num_layers is not None:
+        defaults = AutoConfig.for_model(model_type).to_dict()
+        spec.update(_layer_override(model_cfg, {**defaults, **spec}, "model.random_init_config"))
     try:
         config = AutoConfig.for_model(model_type, **spec)
     except ValueError as err:
@@ -177,10 +180,40 @@ def _random_model(
     return _auto_class(task).from_config(config, dtype=dtype)
 
 
+LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
+
+
+def _layer_override(model_cfg: ModelConfig, config: PretrainedConfig | dict[str, Any], where: str) -> dict[str, int]:
+    """``{<layer-count key>: model.num_layers}`` for ``config``, or ``{}`` when all layers are kept.
+
+    Keeping the first N blocks of a pretrained stack (the layer pruning of SLMRec-style studies)
+    is a config change: ``from_pretrained`` then builds N blocks and never loads the others.
+
+    Raises:
+        ConfigError: the architecture names no layer count, or N is more than it has.
+    """
+    wanted = model_cfg.num_layers
+    if wanted is None:
+        return {}
+    values = config if isinstance(config, dict) else config.to_dict()
+    counts = {k: values[k] for k in LAYER_COUNT_KEYS if isinstance(values.get(k), int)}
+    if not counts:
+        raise ConfigError(f"model.num_layers: {where} has no layer count ({', '.join(LAYER_COUNT_KEYS)})")
+    key, have = next(iter(counts.items()))
+    if wanted > have:
+        raise ConfigError(f"model.num_layers is {wanted} but {where} has only {have} layers")
+    return {key: wanted}
+
+
 def _pretrained_model(
     model_cfg: ModelConfig, source: ModelSource, task: str, dtype: torch.dtype, extra: dict[str, Any]
 ) -> PreTrainedModel:
     kwargs: dict[str, Any] = dict(extra, dtype=dtype, trust_remote_code=model_cfg.trust_remote_code)
+    if model_cfg.num_layers is not None:
+        config = AutoConfig.from_pretrained(
+            source.path, trust_remote_code=model_cfg.trust_remote_code, **source.load_kwargs()
+        )
+        kwargs.update(_layer_override(model_cfg, config, source.name))
     kwargs.update(source.load_kwargs())
     if source.gguf_file is None:
         kwargs["use_safetensors"] = True  # never unpickle .bin checkpoints
