@@ -239,7 +239,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, dataset: PreparedDataset, 
     """The recipe through the benchmark's ``llm`` entry: trains 3 steps, validation-ranks, loads the run."""
     out = tmp_path_factory.mktemp("catalog-run") / "run"
     overrides = [*tiny_recipe_overrides(tokenizer_dir), "catalog_head.item_residuals=true", "catalog_head.learning_rate=2e-3",
-                 "catalog_head.title_mlp=16", "catalog_head.history_pool=3"]
+                 "catalog_head.title_mlp=16", "catalog_head.history_pool=3", "model.num_layers=1"]
     params = {"config": [RECIPE], "overrides": overrides,
               "output_dir": str(out), "valid_users": 5, "device": "cpu", "scoring": "catalog_head"}
     ranker = build_and_train(dataset, params, seed=0)
@@ -267,10 +267,21 @@ def test_benchmark_row_is_a_catalog_scorer_through_the_shared_evaluator(trained:
     assert 0.0 <= result.metrics["ndcg@10"] <= 1.0
 
 
+def test_shallow_recipe_is_the_pool_recipe_on_the_first_ten_blocks_and_every_window():
+    stack = [RECIPE, *(str(REPO / "configs" / "ml100k" / f"smollm2-catalog-{name}.yaml") for name in ("4ep", "mlp", "pool"))]
+    pool = load_config(stack)
+    shallow = load_config([*stack, str(REPO / "configs" / "ml100k" / "smollm2-catalog-shallow.yaml")])
+    assert shallow.model.num_layers == 10 and pool.model.num_layers is None
+    assert shallow.prompt.max_examples_per_user == 0 and shallow.train.epochs == 3
+    assert shallow.catalog_head == pool.catalog_head and shallow.lora == pool.lora
+
+
 def test_run_loads_as_a_catalog_scorer_that_only_recommends_unseen_catalog_items(trained: dict[str, Any], dataset: PreparedDataset):
     run_dir = trained["ranker"].run_dir
     recommender = Recommender.load(run_dir, device="cpu")
     assert recommender.method == "catalog_head"
+    assert recommender.run is not None
+    assert len(recommender.run.ranker.scorer.backbone.layers) == 1  # model.num_layers=1 of the 2-layer model, as trained
     history = dataset.eval_cases("test")[0].history
     recs = recommender.recommend(history=[dataset.catalog[i].item_id for i in history.items], k=5)
     assert len(recs) == 5
@@ -300,7 +311,7 @@ def test_a_loaded_run_reads_a_longer_or_shorter_history_only_when_asked(trained:
 def test_loaded_head_matches_the_trained_one(trained: dict[str, Any], dataset: PreparedDataset, tokenizer: Any):
     run_dir = trained["ranker"].run_dir
     state = torch.load(run_dir / CATALOG_HEAD_FILE, weights_only=True)
-    model = tiny_llama(len(tokenizer), hidden_size=32, intermediate_size=64)  # the size TINY_RECIPE_LLAMA trained
+    model = tiny_llama(len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1)  # as trained
     head = load_catalog_head(run_dir / CATALOG_HEAD_FILE, model, tokenizer, dataset.catalog, prompt_cfg())
     torch.testing.assert_close(head.proj.weight, state["proj"])
     assert head.residuals is not None

@@ -46,6 +46,8 @@ def test_contradictions_are_rejected() -> None:
         load_config([], ["generation.num_beams=2", "generation.top_k=10"])
     with pytest.raises(ConfigError, match="QLoRA"):
         load_config([], ["model.load_in_4bit=true", "lora.enabled=false"])
+    with pytest.raises(ConfigError, match="model.num_layers must be >= 1"):
+        load_config([], ["model.num_layers=0"])
 
 
 def test_invalid_yaml_and_missing_file(tmp_path) -> None:

@@ -102,3 +102,40 @@ def test_unknown_task_and_missing_model_type(tmp_path: Path, tiny_tokenizer) -> 
     with pytest.raises(ConfigError, match="model_type"):
         build_model(ModelConfig(name_or_path=str(tok_dir), random_init_config={"hidden_size": 8}, kind="decoder"),
                     LoraConfig(enabled=False))
+
+
+def test_num_layers_keeps_the_first_blocks_of_a_pretrained_stack(tmp_path: Path, tiny_tokenizer) -> None:
+    tok_dir = save_tokenizer(tiny_tokenizer, tmp_path)
+    base = tiny_llama(len(tiny_tokenizer), seed=5, num_hidden_layers=3)
+    base.save_pretrained(tmp_path / "base")
+    cfg = ModelConfig(name_or_path=str(tmp_path / "base"), tokenizer=str(tok_dir), dtype="fp32", num_layers=2)
+    model, _ = build_model(cfg, LoraConfig(enabled=False))
+    assert model.config.num_hidden_layers == 2 and len(model.model.layers) == 2
+    kept = model.state_dict()
+    full = base.state_dict()
+    assert all(torch.equal(kept[name], full[name]) for name in kept)  # same weights, nothing re-initialised
+    assert not any(name.startswith("model.layers.2.") for name in kept)
+    ids = torch.tensor([[3, 4, 5, 6]])
+    truncated = tiny_llama(len(tiny_tokenizer), seed=5, num_hidden_layers=3)
+    truncated.model.layers = truncated.model.layers[:2]
+    truncated.config.num_hidden_layers = 2
+    assert torch.allclose(model(ids).logits, truncated(ids).logits, atol=1e-6)
+
+
+@pytest.mark.parametrize("arch", [TINY_LLAMA, TINY_GPT2])
+def test_num_layers_on_a_random_model_and_its_limits(tmp_path: Path, tiny_tokenizer, arch) -> None:
+    tok_dir = save_tokenizer(tiny_tokenizer, tmp_path)
+    cfg = ModelConfig(name_or_path=str(tok_dir), random_init_config=dict(arch), dtype="fp32", num_layers=1)
+    model, _ = build_model(cfg, LoraConfig(enabled=False))
+    assert model.config.num_hidden_layers == 1
+    with pytest.raises(ConfigError, match="num_layers is 3 but .* has only 2 layers"):
+        build_model(ModelConfig(name_or_path=str(tok_dir), random_init_config=dict(arch), num_layers=3),
+                    LoraConfig(enabled=False))
+
+
+def test_num_layers_more_than_the_checkpoint_has_is_refused(tmp_path: Path, tiny_tokenizer) -> None:
+    tiny_llama(len(tiny_tokenizer), seed=1).save_pretrained(tmp_path / "base")
+    tok_dir = save_tokenizer(tiny_tokenizer, tmp_path)
+    cfg = ModelConfig(name_or_path=str(tmp_path / "base"), tokenizer=str(tok_dir), num_layers=5)
+    with pytest.raises(ConfigError, match="only 2 layers"):  # never random blocks on top of pretrained ones
+        build_model(cfg, LoraConfig(enabled=False))
