@@ -7,6 +7,7 @@ loop itself (epochs, steps, checkpoints, early stopping) reads on one screen.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +24,8 @@ from llmrec.config import RunConfig
 from llmrec.modeling.catalog_head import attach_catalog_head, attached_head, build_catalog_head
 from llmrec.modeling.dtype import resolve_mixed_precision
 from llmrec.training.loss import adapters_follow_autocast, unwrap
+
+logger = logging.getLogger(__name__)
 
 Batch = dict[str, torch.Tensor]
 LossFn = Callable[[torch.nn.Module, Batch], torch.Tensor]
@@ -133,6 +136,10 @@ def build_scheduler(optimizer: torch.optim.Optimizer, name: str, total_steps: in
     """Linear warmup then ``name`` decay; step counts scaled because Accelerate steps it per process."""
     kind = "constant_with_warmup" if name == "constant" else name
     warmup = math.ceil(total_steps * warmup_ratio)
+    if warmup_ratio > 0 and warmup <= 1 < total_steps:
+        logger.warning("train.warmup_ratio %g of %d steps is %d warm-up step: the learning rate reaches its peak at "
+                       "once, and the loss may jump early (train longer or raise train.warmup_ratio)",
+                       warmup_ratio, total_steps, warmup)
     return get_scheduler(kind, optimizer, num_warmup_steps=warmup * num_processes,
                          num_training_steps=total_steps * num_processes)
 

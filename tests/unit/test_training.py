@@ -143,3 +143,17 @@ def test_bf16_base_trains_with_fp32_adapters_under_cpu_autocast(tmp_path: Path, 
     assert adapters and all(p.dtype == torch.float32 for p in adapters)
     losses = [h["loss"] for h in result.history]
     assert losses[-1] < losses[0] - 0.3, losses
+
+
+def test_a_warm_up_of_at_most_one_step_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    from llmrec.training.builders import build_scheduler
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    with caplog.at_level("WARNING", logger="llmrec.training.builders"):
+        build_scheduler(optimizer, "cosine", total_steps=3, warmup_ratio=0.05, num_processes=1)
+    assert "1 warm-up step" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="llmrec.training.builders"):
+        build_scheduler(optimizer, "cosine", total_steps=400, warmup_ratio=0.05, num_processes=1)
+        build_scheduler(optimizer, "cosine", total_steps=3, warmup_ratio=0.0, num_processes=1)
+    assert "warm-up" not in caplog.text
