@@ -158,28 +158,6 @@ def _auto_class(task: str) -> Any:
             "seq_cls": AutoModelForSequenceClassification}[task]
 
 
-def _random_model(
-    model_cfg: ModelConfig, task: str, tokenizer: PreTrainedTokenizerBase, dtype: torch.dtype, extra: dict[str, Any]
-) -> PreTrainedModel:
-    spec = dict(model_cfg.random_init_config or {})
-    model_type = spec.pop("model_type", None)
-    if not model_type:
-        raise ConfigError("model.random_init_config needs a model_type (e.g. llama, gpt2, bert)")
-    spec.setdefault("vocab_size", len(tokenizer))
-    spec.setdefault("pad_token_id", tokenizer.pad_token_id)
-    spec.update(extra)
-    if model_cfg.num_layers is not None:
-        defaults = AutoConfig.for_model(model_type).to_dict()
-        spec.update(_layer_override(model_cfg, {**defaults, **spec}, "model.random_init_config"))
-    try:
-        config = AutoConfig.for_model(model_type, **spec)
-    except ValueError as err:
-        raise ConfigError(f"model.random_init_config: {err}") from None
-    if model_cfg.attn_implementation:
-        config._attn_implementation = model_cfg.attn_implementation
-    return _auto_class(task).from_config(config, dtype=dtype)
-
-
 LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
 
 
@@ -203,6 +181,28 @@ def _layer_override(model_cfg: ModelConfig, config: PretrainedConfig | dict[str,
     if wanted > have:
         raise ConfigError(f"model.num_layers is {wanted} but {where} has only {have} layers")
     return {key: wanted}
+
+
+def _random_model(
+    model_cfg: ModelConfig, task: str, tokenizer: PreTrainedTokenizerBase, dtype: torch.dtype, extra: dict[str, Any]
+) -> PreTrainedModel:
+    spec = dict(model_cfg.random_init_config or {})
+    model_type = spec.pop("model_type", None)
+    if not model_type:
+        raise ConfigError("model.random_init_config needs a model_type (e.g. llama, gpt2, bert)")
+    spec.setdefault("vocab_size", len(tokenizer))
+    spec.setdefault("pad_token_id", tokenizer.pad_token_id)
+    spec.update(extra)
+    if model_cfg.num_layers is not None:
+        defaults = AutoConfig.for_model(model_type).to_dict()
+        spec.update(_layer_override(model_cfg, {**defaults, **spec}, "model.random_init_config"))
+    try:
+        config = AutoConfig.for_model(model_type, **spec)
+    except ValueError as err:
+        raise ConfigError(f"model.random_init_config: {err}") from None
+    if model_cfg.attn_implementation:
+        config._attn_implementation = model_cfg.attn_implementation
+    return _auto_class(task).from_config(config, dtype=dtype)
 
 
 def _pretrained_model(
@@ -243,7 +243,8 @@ def build_model(
     """Load (or randomly build) a model, apply LoRA / QLoRA, and return it with its tokenizer.
 
     Args:
-        model_cfg: where the model comes from, dtype, quantization, attention, checkpointing.
+        model_cfg: where the model comes from, dtype, quantization, attention, checkpointing, and
+            ``num_layers`` (keep only the first N transformer blocks).
         lora_cfg: adapter settings; ``enabled: false`` leaves every weight trainable.
         task: ``causal_lm`` (decoder LM head), ``feature_extraction`` (bare encoder / decoder),
             ``seq_cls`` (classification head with ``num_labels``).
