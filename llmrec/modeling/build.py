@@ -14,6 +14,7 @@ Only safetensors (or GGUF) weights are read; ``trust_remote_code`` is off unless
 
 from __future__ import annotations
 
+import functools
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -210,9 +211,7 @@ def _pretrained_model(
 ) -> PreTrainedModel:
     kwargs: dict[str, Any] = dict(extra, dtype=dtype, trust_remote_code=model_cfg.trust_remote_code)
     if model_cfg.num_layers is not None:
-        config = AutoConfig.from_pretrained(
-            source.path, trust_remote_code=model_cfg.trust_remote_code, **source.load_kwargs()
-        )
+        config = _source_config(source, model_cfg.trust_remote_code)
         kwargs.update(_layer_override(model_cfg, config, source.name))
     kwargs.update(source.load_kwargs())
     if source.gguf_file is None:
@@ -292,10 +291,14 @@ def _declared_kind(model_cfg: ModelConfig, tok_source: ModelSource) -> str:
         return model_cfg.kind
     if model_cfg.random_init_config is not None:
         return "encoder" if model_cfg.random_init_config.get("model_type") in ENCODER_MODEL_TYPES else "decoder"
-    config = AutoConfig.from_pretrained(
-        tok_source.path, trust_remote_code=model_cfg.trust_remote_code, **tok_source.load_kwargs()
-    )
-    return infer_kind(config)
+    return infer_kind(_source_config(tok_source, model_cfg.trust_remote_code))
+
+
+@functools.lru_cache(maxsize=8)
+def _source_config(source: ModelSource, trust_remote_code: bool) -> PretrainedConfig:
+    """The config of ``source``, read once per process: parsing it out of a GGUF file takes seconds,
+    and ``build_model`` needs it for the model's kind and for ``num_layers``. Callers only read it."""
+    return AutoConfig.from_pretrained(source.path, trust_remote_code=trust_remote_code, **source.load_kwargs())
 
 
 def model_kind(model_cfg: ModelConfig) -> str:

@@ -139,3 +139,16 @@ def test_num_layers_more_than_the_checkpoint_has_is_refused(tmp_path: Path, tiny
     cfg = ModelConfig(name_or_path=str(tmp_path / "base"), tokenizer=str(tok_dir), num_layers=5)
     with pytest.raises(ConfigError, match="only 2 layers"):  # never random blocks on top of pretrained ones
         build_model(cfg, LoraConfig(enabled=False))
+
+
+def test_the_source_config_is_read_once_for_kind_and_depth(tmp_path: Path, tiny_tokenizer) -> None:
+    from llmrec.modeling import build
+
+    tiny_llama(len(tiny_tokenizer), seed=2).save_pretrained(tmp_path / "base")
+    tiny_tokenizer.save_pretrained(str(tmp_path / "base"))
+    build._source_config.cache_clear()
+    model, _ = build_model(ModelConfig(name_or_path=str(tmp_path / "base"), dtype="fp32", num_layers=1),
+                           LoraConfig(enabled=False))  # kind: auto and num_layers both need the config
+    assert len(model.model.layers) == 1
+    info = build._source_config.cache_info()
+    assert (info.misses, info.hits) == (1, 1)
