@@ -13,15 +13,21 @@ A second, optional table scores interest-tag models (``tags:`` entries, :data:`T
 :mod:`llmrec.tags.benchmark`) on the same split with :func:`llmrec.tags.baselines.evaluate_tags`.
 
 Launch: ``llmrec benchmark --config configs/ml100k/benchmark.yaml [--out DIR] [--seeds 0,1,2]``
+
+Seeds run as separate commands (one per time slot) join into one table with
+:func:`merge_reports` (``llmrec merge-reports A B --out C``), which refuses reports that differ
+in dataset, evaluation, hardware or a row's parameters.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib
+import json
 import logging
 import os
 import platform
+import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -304,3 +310,91 @@ def run_benchmark(config: BenchmarkConfig, out_dir: str | Path | None = None, co
             for row, result in zip(runs, results, strict=True):
                 write_ranks(result, tmp / "ranks" / f"{row['label']}-seed{row['seed']}.parquet")
     return report
+
+
+def _read_report(path: Path) -> dict[str, Any]:
+    file = path / "results.json"
+    if not file.is_file():
+        raise ConfigError(f"{file}: no such report (a directory written by `llmrec benchmark`)")
+    try:
+        report = json.loads(file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{file}: line {err.lineno}: not valid JSON ({err.msg})") from None
+    for key in ("dataset", "eval", "hardware", "runs"):
+        if key not in report:
+            raise ConfigError(f"{file}: field {key!r} missing; is this a benchmark report?")
+    return report
+
+
+def _same(field_name: str, first: Path, value: Any, other: Path, other_value: Any) -> None:
+    if json.dumps(value, sort_keys=True, default=str) != json.dumps(other_value, sort_keys=True, default=str):
+        raise ConfigError(f"{other / 'results.json'}: field {field_name!r} differs from {first / 'results.json'} "
+                          f"({other_value!r} vs {value!r}); only reports of the same setup merge")
+
+
+def _merge_runs(key: str, reports: list[tuple[Path, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The ``key`` runs ("runs" or "tags") of all reports, grouped by label in first-seen order, seeds ascending."""
+    owner: dict[tuple[str, int], Path] = {}
+    params: dict[str, tuple[Path, Any]] = {}
+    runs: list[dict[str, Any]] = []
+    for path, report in reports:
+        for run in report.get(key) or []:
+            cell = (run["label"], int(run["seed"]))
+            if cell in owner:
+                raise ConfigError(f"{path / 'results.json'}: {key} row {cell[0]!r} seed {cell[1]} is also in "
+                                  f"{owner[cell] / 'results.json'}; each (label, seed) may come from one report")
+            owner[cell] = path
+            if run["label"] in params:
+                first, value = params[run["label"]]
+                _same(f"{key}[{run['label']}].params", first, value, path, run.get("params"))
+            else:
+                params[run["label"]] = (path, run.get("params"))
+            runs.append(run)
+    order = {label: i for i, label in enumerate(params)}
+    return sorted(runs, key=lambda run: (order[run["label"]], int(run["seed"])))
+
+
+def merge_reports(paths: Sequence[str | Path], out_dir: str | Path, command: str = "") -> dict[str, Any]:
+    """Join benchmark reports of the same setup (e.g. one seed per command) into one report directory.
+
+    The reports must agree on the dataset fingerprint, the evaluation settings and the hardware,
+    and a label must carry the same parameters in every report; a (label, seed) row may appear
+    once. Rows, mean ± std summaries, the markdown table, the chart and the per-user ranks are
+    written to ``out_dir`` atomically (``out_dir`` may be one of the inputs).
+
+    Raises:
+        ConfigError: naming the file and field that keeps two reports apart.
+    """
+    dirs = [Path(p) for p in paths]
+    if len(dirs) < 2:
+        raise ConfigError("merge-reports: give at least two report directories")
+    reports = [(path, _read_report(path)) for path in dirs]
+    first_path, first = reports[0]
+    for path, report in reports[1:]:
+        _same("dataset.fingerprint", first_path, first["dataset"].get("fingerprint"), path,
+              report["dataset"].get("fingerprint"))
+        _same("eval", first_path, first["eval"], path, report["eval"])
+        _same("hardware", first_path, first["hardware"], path, report["hardware"])
+    runs, tag_runs = _merge_runs("runs", reports), _merge_runs("tags", reports)
+    merged = {
+        "dataset": first["dataset"],
+        "eval": first["eval"],
+        "hardware": first["hardware"],
+        "command": command,
+        "sources": [{"dir": str(path), "command": report.get("command", ""),
+                     "total_time_s": report.get("total_time_s", 0.0)} for path, report in reports],
+        "total_time_s": round(sum(float(report.get("total_time_s", 0.0)) for _, report in reports), 1),
+        "runs": runs,
+        "summary": summarize(runs),
+        "tags": tag_runs,
+        "tags_summary": summarize(tag_runs),
+    }
+    with atomic_dir(out_dir, overwrite=True) as tmp:
+        for path, _ in reports:
+            for ranks in sorted((path / "ranks").glob("*.parquet")):
+                (tmp / "ranks").mkdir(exist_ok=True)
+                shutil.copy2(ranks, tmp / "ranks" / ranks.name)
+        write_json(tmp / "results.json", merged)
+        (tmp / "results.md").write_text(results_markdown(merged), encoding="utf-8")
+        plot_results(merged, tmp / "results.png")
+    return merged

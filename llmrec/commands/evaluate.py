@@ -4,6 +4,8 @@ Examples::
 
     llmrec benchmark --config configs/ml100k/benchmark.yaml --out reports/ml100k --seeds 0,1,2
     llmrec benchmark --config configs/ml100k/benchmark-encoder.yaml --only pop,sasrec,minilm-two-tower+ids --seeds 1
+    # one seed per command, then one table with mean ± std
+    llmrec merge-reports reports/ml100k-seed0 reports/ml100k-seed1 --out reports/ml100k-2seeds
     llmrec evaluate --model sasrec --dataset-dir data/ml-100k --out reports/sasrec-test
     llmrec evaluate --run runs/smollm2-lora --dataset-dir data/ml-100k --split test --out reports/llm-test
     # search error vs model error: the same 50 seeded validation users, beam search and exact scores
@@ -62,6 +64,22 @@ def benchmark_command(
     target = out or Path(cfg.out_dir)
     typer.echo((target / "results.md").read_text(encoding="utf-8"))
     typer.echo(f"report written to {target} in {report['total_time_s']:.0f} s")
+
+
+def merge_reports_command(
+    reports: list[Path] = typer.Argument(..., help="report directories of `llmrec benchmark` (same setup)"),
+    out: Path = typer.Option(..., "--out", "-o", help="directory for the merged results.json/.md/.png and ranks"),
+) -> None:
+    """Join benchmark reports of the same setup (e.g. one seed each) into one table with mean ± std."""
+    from llmrec.benchmark import merge_reports
+    from llmrec.config import ConfigError
+
+    try:
+        merge_reports(reports, out, command=shlex.join(["llmrec", *sys.argv[1:]]))
+    except ConfigError as err:
+        raise typer.BadParameter(str(err)) from None
+    typer.echo((out / "results.md").read_text(encoding="utf-8"))
+    typer.echo(f"merged report written to {out}")
 
 
 def evaluate_command(
@@ -142,4 +160,5 @@ def _load_model(dataset: Any, model: str | None, run: Path | None, params: dict[
 
 def register(app: typer.Typer) -> None:
     app.command("benchmark")(benchmark_command)
+    app.command("merge-reports")(merge_reports_command)
     app.command("evaluate")(evaluate_command)

@@ -36,6 +36,10 @@ def results_markdown(report: dict[str, Any]) -> str:
     if report.get("tags"):
         lines += ["", *tags_markdown(report)]
     lines += ["", f"Total time: {report['total_time_s']:.0f} s. Command: `{report.get('command', '')}`", ""]
+    if report.get("sources"):  # a merged report (llmrec.benchmark.merge_reports): the commands that made its rows
+        lines += ["Merged from:", ""]
+        lines += [f"- `{src['dir']}` ({src['total_time_s']:.0f} s): `{src['command']}`" for src in report["sources"]]
+        lines.append("")
     return "\n".join(lines)
 
 

@@ -15,6 +15,7 @@ from llmrec.benchmark import (
     BenchmarkConfig,
     BenchmarkModel,
     get_builder,
+    merge_reports,
     register_model,
     register_tag_model,
     run_benchmark,
@@ -147,6 +148,65 @@ def test_cli_benchmark_and_evaluate(tmp_path, data_dir):
     assert [r["label"] for r in json.loads((tmp_path / "o" / "results.json").read_text())["runs"]] == ["pop"]
     bad = runner.invoke(app, ["benchmark", "--config", config, "--only", "pop,nope"])
     assert bad.exit_code != 0 and "nope" in bad.output
+
+
+def test_merge_reports_joins_seeds_of_separate_commands(tmp_path, data_dir):
+    config = write_config(tmp_path, data_dir)
+    for seed in (0, 1):
+        cfg = load_config([config], [f"seeds=[{seed}]", "models=[{name: pop}, {name: sasrec, params: "
+                                     "{hidden_size: 8, num_blocks: 1, train: {max_len: 6, max_epochs: 1}}}]"],
+                          schema=BenchmarkConfig)
+        run_benchmark(cfg, tmp_path / f"s{seed}", command=f"bench seed {seed}")
+    both = load_config([config], ["seeds=[0,1]", "models=[{name: pop}, {name: sasrec, params: "
+                                  "{hidden_size: 8, num_blocks: 1, train: {max_len: 6, max_epochs: 1}}}]"],
+                       schema=BenchmarkConfig)
+    together = run_benchmark(both, tmp_path / "together")
+    merged = merge_reports([tmp_path / "s1", tmp_path / "s0"], tmp_path / "merged", command="merge")
+    # the same rows, in the same order, with the same numbers as one command running both seeds
+    assert [(r["label"], r["seed"]) for r in merged["runs"]] == [(r["label"], r["seed"]) for r in together["runs"]]
+    for got, want in zip(merged["runs"], together["runs"], strict=True):
+        assert got["metrics"] == pytest.approx(want["metrics"])
+    sasrec = next(s for s in merged["summary"] if s["label"] == "sasrec")
+    want = next(s for s in together["summary"] if s["label"] == "sasrec")
+    assert sasrec["seeds"] == [0, 1] and sasrec["stats"]["ndcg@10"] == pytest.approx(want["stats"]["ndcg@10"])
+    out = tmp_path / "merged"
+    assert sorted(p.name for p in (out / "ranks").iterdir()) == sorted(p.name for p in (tmp_path / "together" / "ranks").iterdir())
+    markdown = (out / "results.md").read_text()
+    assert "| sasrec (mean ± std)" in markdown.replace("**", "") and "bench seed 0" in markdown and "bench seed 1" in markdown
+    assert json.loads((out / "results.json").read_text())["command"] == "merge"
+
+
+def test_merge_reports_refuses_different_setups(tmp_path, data_dir):
+    config = write_config(tmp_path, data_dir)
+    for name, extra in (("a", ["seeds=[0]"]), ("b", ["seeds=[1]"]), ("dup", ["seeds=[0]"]),
+                        ("k", ["seeds=[1]", "eval.ks=[5]"])):
+        cfg = load_config([config], [*extra, "models=[{name: pop}]"], schema=BenchmarkConfig)
+        run_benchmark(cfg, tmp_path / name)
+    with pytest.raises(ConfigError, match=r"pop.*seed 0.*also in"):
+        merge_reports([tmp_path / "a", tmp_path / "dup"], tmp_path / "m")
+    with pytest.raises(ConfigError, match=r"k/results.json: field 'eval' differs"):
+        merge_reports([tmp_path / "a", tmp_path / "k"], tmp_path / "m")
+    report = json.loads((tmp_path / "b" / "results.json").read_text())
+    report["runs"][0]["params"] = {"other": 1}
+    (tmp_path / "b" / "results.json").write_text(json.dumps(report))
+    with pytest.raises(ConfigError, match=r"runs\[pop\].params"):
+        merge_reports([tmp_path / "a", tmp_path / "b"], tmp_path / "m")
+    (tmp_path / "b" / "results.json").write_text("{\n  oops")
+    with pytest.raises(ConfigError, match=r"b/results.json: line 2: not valid JSON"):
+        merge_reports([tmp_path / "a", tmp_path / "b"], tmp_path / "m")
+    with pytest.raises(ConfigError, match="no such report"):
+        merge_reports([tmp_path / "a", tmp_path / "missing"], tmp_path / "m")
+    assert not (tmp_path / "m").exists()  # nothing half-written
+    from llmrec.cli import _register_all, app
+
+    _register_all()
+    bad = CliRunner().invoke(app, ["merge-reports", str(tmp_path / "a"), str(tmp_path / "dup"), "--out", str(tmp_path / "m")])
+    assert bad.exit_code != 0 and "also in" in bad.output
+    (tmp_path / "b").rename(tmp_path / "broken")
+    run_benchmark(load_config([config], ["seeds=[1]", "models=[{name: pop}]"], schema=BenchmarkConfig), tmp_path / "b")
+    done = CliRunner().invoke(app, ["merge-reports", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "m")])
+    assert done.exit_code == 0, done.output
+    assert "pop (mean ± std)" in done.output.replace("**", "")
 
 
 def test_select_entries_keeps_the_named_rows(tmp_path, data_dir):
