@@ -4,6 +4,9 @@ Loading order, the same everywhere (CLI, scripts, tests)::
 
     YAML file(s), merged left to right  ->  ``key.sub=value`` overrides  ->  typed validation
 
+A file may start from others with a top-level ``include:`` (one path or a list, relative to
+the including file): the included files merge left to right, then the file's own keys over them.
+
 Each group is a dataclass whose fields carry a default and a one-line comment. Unknown keys,
 wrong types and contradictions are rejected when loaded, naming the key and the file.
 Builders turn a group into plain arguments; library classes never take a whole config.
@@ -222,9 +225,35 @@ class RunConfig:
                     raise ConfigError(str(err)) from None
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read one YAML mapping; errors name the file (and line, for syntax errors)."""
+INCLUDE_KEY = "include"
+
+
+def load_yaml(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read one YAML mapping with its ``include:`` files merged under it; errors name the file
+    (and line, for syntax errors) and an include cycle names its chain."""
     path = Path(path)
+    data = _read_mapping(path)
+    includes = data.pop(INCLUDE_KEY, None)
+    if includes is None:
+        return data
+    if isinstance(includes, str):
+        includes = [includes]
+    if not isinstance(includes, list) or not all(isinstance(item, str) for item in includes):
+        raise ConfigError(f"{path}: {INCLUDE_KEY}: expected a path or a list of paths, got {includes!r}")
+    chain = (*_chain, path.resolve())
+    tree: dict[str, Any] = {}
+    for item in includes:
+        target = (path.parent / item).resolve()
+        if target in chain:
+            cycle = " -> ".join(str(p) for p in (*chain, target))
+            raise ConfigError(f"{path}: {INCLUDE_KEY}: cycle {cycle}")
+        if not target.is_file():
+            raise ConfigError(f"{path}: {INCLUDE_KEY}: {item} ({target}) does not exist")
+        tree = deep_merge(tree, load_yaml(target, chain))
+    return deep_merge(tree, data)
+
+
+def _read_mapping(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:

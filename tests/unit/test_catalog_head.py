@@ -274,6 +274,8 @@ def test_shallow_recipe_is_the_pool_recipe_on_the_first_ten_blocks_and_every_win
     assert shallow.model.num_layers == 10 and pool.model.num_layers is None
     assert shallow.prompt.max_examples_per_user == 0 and shallow.train.epochs == 3
     assert shallow.catalog_head == pool.catalog_head and shallow.lora == pool.lora
+    # the one-file form of the selected recipe is exactly this stack
+    assert load_config([str(REPO / "configs" / "ml100k" / "smollm2-catalog-selected.yaml")]) == shallow
 
 
 def test_run_loads_as_a_catalog_scorer_that_only_recommends_unseen_catalog_items(trained: dict[str, Any], dataset: PreparedDataset):

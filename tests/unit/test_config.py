@@ -27,6 +27,34 @@ def test_files_merge_then_overrides_apply(tmp_path) -> None:
     assert config.lora.target_modules == ["q_proj"]
 
 
+def test_include_merges_the_named_files_under_the_own_keys(tmp_path) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "base.yaml").write_text("train:\n  learning_rate: 0.001\n  epochs: 3\nlora:\n  r: 8\n")
+    (tmp_path / "sub" / "more.yaml").write_text("include: base.yaml\ntrain:\n  epochs: 4\n  batch_size: 2\n")
+    (tmp_path / "other.yaml").write_text("include: sub/base.yaml\nlora:\n  r: 2\n")
+    top = tmp_path / "top.yaml"
+    top.write_text("include: [sub/more.yaml, other.yaml]\ntrain:\n  batch_size: 6\n")
+    config = load_config([top])
+    # more.yaml's epochs survive other.yaml's second copy of base.yaml only if included files merge in order
+    assert config.lora.r == 2 and config.train.batch_size == 6 and config.train.learning_rate == pytest.approx(0.001)
+    assert config.train.epochs == 3  # other.yaml re-applies base.yaml after more.yaml: the later file wins
+    assert load_config([tmp_path / "sub" / "more.yaml"]).train.epochs == 4
+
+
+def test_include_errors_name_the_file(tmp_path) -> None:
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text("include: b.yaml\n")
+    b.write_text("include: [a.yaml]\n")
+    with pytest.raises(ConfigError, match=r"b\.yaml: include: cycle .*a\.yaml -> .*b\.yaml -> .*a\.yaml"):
+        load_config([a])
+    a.write_text("include: missing.yaml\n")
+    with pytest.raises(ConfigError, match=r"a\.yaml: include: missing\.yaml .* does not exist"):
+        load_config([a])
+    a.write_text("include: {x: 1}\n")
+    with pytest.raises(ConfigError, match=r"a\.yaml: include: expected a path or a list"):
+        load_config([a])
+
+
 def test_unknown_key_names_the_file(tmp_path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text("train:\n  lr: 0.1\n")
