@@ -344,11 +344,12 @@ def _merge_runs(key: str, reports: list[tuple[Path, dict[str, Any]]]) -> list[di
                 raise ConfigError(f"{path / 'results.json'}: {key} row {cell[0]!r} seed {cell[1]} is also in "
                                   f"{owner[cell] / 'results.json'}; each (label, seed) may come from one report")
             owner[cell] = path
+            setup = {"model": run.get("model"), "params": run.get("params")}
             if run["label"] in params:
                 first, value = params[run["label"]]
-                _same(f"{key}[{run['label']}].params", first, value, path, run.get("params"))
+                _same(f"{key}[{run['label']}].model/params", first, value, path, setup)
             else:
-                params[run["label"]] = (path, run.get("params"))
+                params[run["label"]] = (path, setup)
             runs.append(run)
     order = {label: i for i, label in enumerate(params)}
     return sorted(runs, key=lambda run: (order[run["label"]], int(run["seed"])))

@@ -189,7 +189,7 @@ def test_merge_reports_refuses_different_setups(tmp_path, data_dir):
     report = json.loads((tmp_path / "b" / "results.json").read_text())
     report["runs"][0]["params"] = {"other": 1}
     (tmp_path / "b" / "results.json").write_text(json.dumps(report))
-    with pytest.raises(ConfigError, match=r"runs\[pop\].params"):
+    with pytest.raises(ConfigError, match=r"runs\[pop\].model/params"):
         merge_reports([tmp_path / "a", tmp_path / "b"], tmp_path / "m")
     (tmp_path / "b" / "results.json").write_text("{\n  oops")
     with pytest.raises(ConfigError, match=r"b/results.json: line 2: not valid JSON"):
