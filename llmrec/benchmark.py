@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import json
 import logging
 import os
 import platform
@@ -41,7 +40,7 @@ from llmrec.data.dataset import PreparedDataset
 from llmrec.data.schema import EvalCase
 from llmrec.evaluation.evaluate import EvalResult, evaluate, write_ranks
 from llmrec.evaluation.report import plot_results, results_markdown
-from llmrec.io import atomic_dir, write_json
+from llmrec.io import atomic_dir, read_json_object, write_json
 
 log = logging.getLogger(__name__)
 
@@ -317,9 +316,9 @@ def _read_report(path: Path) -> dict[str, Any]:
     if not file.is_file():
         raise ConfigError(f"{file}: no such report (a directory written by `llmrec benchmark`)")
     try:
-        report = json.loads(file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"{file}: line {err.lineno}: not valid JSON ({err.msg})") from None
+        report = read_json_object(file)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     for key in ("dataset", "eval", "hardware", "runs"):
         if key not in report:
             raise ConfigError(f"{file}: field {key!r} missing; is this a benchmark report?")
@@ -327,7 +326,7 @@ def _read_report(path: Path) -> dict[str, Any]:
 
 
 def _same(field_name: str, first: Path, value: Any, other: Path, other_value: Any) -> None:
-    if json.dumps(value, sort_keys=True, default=str) != json.dumps(other_value, sort_keys=True, default=str):
+    if value != other_value:  # both parsed from results.json: plain structural equality
         raise ConfigError(f"{other / 'results.json'}: field {field_name!r} differs from {first / 'results.json'} "
                           f"({other_value!r} vs {value!r}); only reports of the same setup merge")
 

@@ -65,6 +65,18 @@ def write_json(path: str | os.PathLike[str], obj: Any) -> None:
         handle.write("\n")
 
 
+def read_json_object(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Parse a JSON file whose top level is an object; errors name the file (and line)."""
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: invalid JSON at line {err.lineno}: {err.msg}") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: top level must be an object")
+    return raw
+
+
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
     """Hex sha256 of a file, read in 1 MiB chunks."""
     digest = hashlib.sha256()

@@ -22,6 +22,7 @@ from llmrec.config import ConfigError, RunConfig, apply_override, from_dict
 from llmrec.data.dataset import PreparedDataset, catalog_fingerprint
 from llmrec.data.schema import Catalog, UserSequence
 from llmrec.explain import Explainer, decoder_item_embedder, embedding_similarity, generate_text
+from llmrec.io import read_json_object
 from llmrec.training.run_dir import INCOMPLETE_MARKER  # written by training while it runs
 
 log = logging.getLogger(__name__)
@@ -84,12 +85,7 @@ def read_run_info(run_dir: Path) -> RunInfo:
     path = run_dir / "run.json"
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir} is not a run directory: {path.name} is missing")
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: invalid JSON at line {err.lineno}: {err.msg}") from None
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: top level must be an object")
+    raw = read_json_object(path)
     missing = [f for f in REQUIRED_RUN_FIELDS if not isinstance(raw.get(f), str) or not raw.get(f)]
     if missing:
         raise ValueError(f"{path}: missing or non-string field(s) {missing}")

@@ -192,7 +192,10 @@ def test_merge_reports_refuses_different_setups(tmp_path, data_dir):
     with pytest.raises(ConfigError, match=r"runs\[pop\].model/params"):
         merge_reports([tmp_path / "a", tmp_path / "b"], tmp_path / "m")
     (tmp_path / "b" / "results.json").write_text("{\n  oops")
-    with pytest.raises(ConfigError, match=r"b/results.json: line 2: not valid JSON"):
+    with pytest.raises(ConfigError, match=r"b/results.json: invalid JSON at line 2"):
+        merge_reports([tmp_path / "a", tmp_path / "b"], tmp_path / "m")
+    (tmp_path / "b" / "results.json").write_text("[1, 2]")
+    with pytest.raises(ConfigError, match=r"b/results.json: top level must be an object"):
         merge_reports([tmp_path / "a", tmp_path / "b"], tmp_path / "m")
     with pytest.raises(ConfigError, match="no such report"):
         merge_reports([tmp_path / "a", tmp_path / "missing"], tmp_path / "m")
