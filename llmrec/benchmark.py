@@ -243,6 +243,9 @@ def run_one(
         "params": spec.params,
         "best_valid": getattr(model, "best_valid", None),
     }
+    digest = getattr(model, "recipe_sha256", None)  # llm rows: the resolved recipe's content, seed left out
+    if digest is not None:
+        row["recipe_sha256"] = digest
     log.info("%s seed %d: ndcg@10 %.4f hr@10 %.4f (train %.0fs)", label, seed, result.metrics.get("ndcg@10", 0.0),
              result.metrics.get("hr@10", 0.0), train_time)
     return row, result
@@ -335,6 +338,7 @@ def _merge_runs(key: str, reports: list[tuple[Path, dict[str, Any]]]) -> list[di
     """The ``key`` runs ("runs" or "tags") of all reports, grouped by label in first-seen order, seeds ascending."""
     owner: dict[tuple[str, int], Path] = {}
     params: dict[str, tuple[Path, Any]] = {}
+    recipes: dict[str, tuple[Path, str]] = {}  # label -> first report and recipe digest seen
     runs: list[dict[str, Any]] = []
     for path, report in reports:
         for run in report.get(key) or []:
@@ -349,6 +353,10 @@ def _merge_runs(key: str, reports: list[tuple[Path, dict[str, Any]]]) -> list[di
                 _same(f"{key}[{run['label']}].model/params", first, value, path, setup)
             else:
                 params[run["label"]] = (path, setup)
+            digest = run.get("recipe_sha256")  # absent from baseline rows and from reports before it existed
+            if digest is not None:
+                known = recipes.setdefault(run["label"], (path, digest))
+                _same(f"{key}[{run['label']}].recipe_sha256", known[0], known[1], path, digest)
             runs.append(run)
     order = {label: i for i, label in enumerate(params)}
     return sorted(runs, key=lambda run: (order[run["label"]], int(run["seed"])))
@@ -358,7 +366,8 @@ def merge_reports(paths: Sequence[str | Path], out_dir: str | Path, command: str
     """Join benchmark reports of the same setup (e.g. one seed per command) into one report directory.
 
     The reports must agree on the dataset fingerprint, the evaluation settings and the hardware,
-    and a label must carry the same parameters in every report; a (label, seed) row may appear
+    and a label must carry the same parameters (and, for LLM rows, the same resolved recipe
+    content: ``recipe_sha256``) in every report; a (label, seed) row may appear
     once. Rows, mean ± std summaries, the markdown table, the chart and the per-user ranks are
     written to ``out_dir`` atomically (``out_dir`` may be one of the inputs).
 

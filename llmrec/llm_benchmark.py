@@ -22,6 +22,7 @@ Launch: ``llmrec benchmark --config configs/ml100k/benchmark-llm.yaml``
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -44,6 +45,8 @@ log = logging.getLogger(__name__)
 DEFAULT_RECIPE = "configs/ml100k/smollm2-lora.yaml"
 TRAIN_TIME_FILE = "benchmark_train.json"  # written into a run trained by the benchmark (its wall time)
 # Runs trained in this process, by resolved output directory: ``llm+pop`` reuses the ``llm`` row's run.
+# Keys of a run's config.yaml that differ between seeds or machines of one recipe (left out of its digest).
+PER_RUN_KEYS = (("train", "seed"), ("train", "output_dir"), ("data", "prepared_dir"))
 _TRAINED: dict[str, tuple[Path, float]] = {}
 
 
@@ -84,6 +87,24 @@ def recipe_config(params: LLMParams, dataset: PreparedDataset, seed: int) -> Run
     return load_benchmark_recipe(params.config, params.overrides, dataset.root, seed, params.output_dir)
 
 
+def recipe_digest(run_dir: Path) -> str | None:
+    """SHA-256 of the run's resolved ``config.yaml`` without its per-run keys (:data:`PER_RUN_KEYS`).
+
+    Two seeds of one recipe share the digest; an edit to the recipe's content changes it even when
+    the benchmark entry names the same files (None: the run directory has no config.yaml).
+    """
+    import yaml
+
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return None
+    tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    for section, key in PER_RUN_KEYS:
+        if isinstance(tree.get(section), dict):
+            tree[section].pop(key, None)
+    return hashlib.sha256(json.dumps(tree, sort_keys=True).encode("utf-8")).hexdigest()
+
+
 class LLMRanker:
     """A loaded run as a ``TopKRanker`` plus what the benchmark reports about it."""
 
@@ -92,6 +113,7 @@ class LLMRanker:
         self.train_time_s = train_time_s  # wall time of the fine-tuning run (None: unknown)
         self.run_dir = run_dir
         self.best_valid = best_valid  # best per-epoch validation ranking metrics of the run
+        self.recipe_sha256 = recipe_digest(run_dir)  # what merge-reports compares across seeds
 
     def rank(self, histories: Sequence[UserSequence], k: int, exclude: Sequence[set[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.inference_mode():
@@ -119,6 +141,7 @@ class PopularityRescorer:
         self.pool = pool
         self.train_time_s = getattr(llm, "train_time_s", None)
         self.best_valid: dict[str, Any] | None = getattr(llm, "best_valid", None)
+        self.recipe_sha256: str | None = getattr(llm, "recipe_sha256", None)
 
     def rank(self, histories: Sequence[UserSequence], k: int, exclude: Sequence[set[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         items, scores = self.llm.rank(histories, max(k, self.pool), exclude)  # (B, P)

@@ -191,6 +191,17 @@ def test_merge_reports_refuses_different_setups(tmp_path, data_dir):
     (tmp_path / "b" / "results.json").write_text(json.dumps(report))
     with pytest.raises(ConfigError, match=r"runs\[pop\].model/params"):
         merge_reports([tmp_path / "a", tmp_path / "b"], tmp_path / "m")
+    # an LLM row's recipe content (recipe_sha256) must agree too; a report without one (older) is not compared
+    report["runs"][0]["params"] = {}
+    edited = json.loads((tmp_path / "a" / "results.json").read_text())
+    edited["runs"][0]["recipe_sha256"] = "1" * 64
+    (tmp_path / "a" / "results.json").write_text(json.dumps(edited))
+    (tmp_path / "b" / "results.json").write_text(json.dumps({**report, "runs": [
+        {**report["runs"][0], "recipe_sha256": "2" * 64}]}))
+    with pytest.raises(ConfigError, match=r"runs\[pop\].recipe_sha256' differs"):
+        merge_reports([tmp_path / "a", tmp_path / "b"], tmp_path / "m")
+    (tmp_path / "b" / "results.json").write_text(json.dumps(report))  # no digest: merges with "a"
+    assert len(merge_reports([tmp_path / "a", tmp_path / "b"], tmp_path / "m2")["runs"]) == 2
     (tmp_path / "b" / "results.json").write_text("{\n  oops")
     with pytest.raises(ConfigError, match=r"b/results.json: invalid JSON at line 2"):
         merge_reports([tmp_path / "a", tmp_path / "b"], tmp_path / "m")

@@ -26,6 +26,7 @@ from llmrec.llm_benchmark import (
     build_and_train,
     parse_params,
     recipe_config,
+    recipe_digest,
     select_pop_weight,
     train_counts,
 )
@@ -123,6 +124,31 @@ def test_llm_row_comes_from_the_same_evaluator_as_the_baselines(
     table = (tmp_path / "report" / "results.md").read_text()
     assert "| llm |" in table and "valid_item_rate" in table
     assert (tmp_path / "report" / "ranks" / "llm-seed0.parquet").is_file()
+    digest = recipe_digest(trained["run_dir"])
+    assert rows["llm"]["recipe_sha256"] == rows["llm+pop"]["recipe_sha256"] == digest and len(digest) == 64
+    assert "recipe_sha256" not in rows["pop"]  # baselines are compared by their params alone
+
+
+def test_recipe_digest_ignores_the_seed_and_paths_but_not_the_recipe(trained: dict[str, Any], tmp_path: Path):
+    import yaml
+
+    tree = yaml.safe_load((trained["run_dir"] / "config.yaml").read_text())
+    def digest_of(name: str, **changes: tuple[str, Any]) -> str | None:
+        edited = json.loads(json.dumps(tree))
+        for section, (key, value) in changes.items():
+            edited[section][key] = value
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.yaml").write_text(yaml.safe_dump(edited))
+        return recipe_digest(tmp_path / name)
+
+    same = digest_of("same")
+    assert same == recipe_digest(trained["run_dir"]) and same is not None
+    assert digest_of("seed", train=("seed", 1)) == same
+    assert digest_of("out", train=("output_dir", "elsewhere")) == same
+    assert digest_of("data", data=("prepared_dir", "/other/ml-100k")) == same
+    assert digest_of("lr", train=("learning_rate", 1.0)) != same
+    assert digest_of("depth", model=("num_layers", 3)) != same
+    assert recipe_digest(tmp_path / "missing") is None
 
 
 def test_reused_run_with_another_catalog_is_refused(trained: dict[str, Any], tmp_path: Path):
