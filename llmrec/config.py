@@ -388,11 +388,16 @@ def load_benchmark_recipe(
 ) -> T:
     """A training recipe as a benchmark entry trains it: the benchmark's prepared dataset, seed
     and output directory forced over the recipe's own (``output_dir`` None: the recipe's
-    ``train.output_dir`` plus ``-seed<N>``)."""
-    if output_dir is None:
-        output_dir = f"{load_config(paths, overrides, schema=schema).train.output_dir}-seed{seed}"  # type: ignore[attr-defined]
-    forced = [f"data.prepared_dir={prepared_dir}", f"train.seed={seed}", f"train.output_dir={output_dir}"]
-    return load_config(paths, [*overrides, *forced], schema=schema)
+    ``train.output_dir`` plus ``-seed<N>``).
+
+    The recipe is parsed once; the forced fields are set on the parsed config (not passed as
+    ``key=value`` overrides), so a path with YAML-significant characters stays a path.
+    """
+    config = load_config(paths, overrides, schema=schema)
+    config.data.prepared_dir = str(prepared_dir)  # type: ignore[attr-defined]
+    config.train.seed = seed  # type: ignore[attr-defined]
+    config.train.output_dir = output_dir if output_dir is not None else f"{config.train.output_dir}-seed{seed}"  # type: ignore[attr-defined]
+    return config
 
 
 def to_dict(config: Any) -> dict[str, Any]:

@@ -21,6 +21,8 @@ def test_forced_fields_override_recipe_and_overrides() -> None:
     plain: RunConfig = load_benchmark_recipe([RECIPE], [], "/data/x", 3)
     assert plain.train.output_dir.endswith("-seed3")
     assert load_benchmark_recipe([RECIPE], [], "/data/x", 3, "runs/mine").train.output_dir == "runs/mine"
+    odd = load_benchmark_recipe([RECIPE], [], "/data/a: b, [c]", 3, "runs/x: {y}")  # YAML-significant paths stay paths
+    assert (odd.data.prepared_dir, odd.train.output_dir) == ("/data/a: b, [c]", "runs/x: {y}")
 
 
 def _interrupted(run_dir: Path, cfg: RunConfig, checkpoint: bool = True) -> None:
