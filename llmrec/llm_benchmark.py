@@ -44,9 +44,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_RECIPE = "configs/ml100k/smollm2-lora.yaml"
 TRAIN_TIME_FILE = "benchmark_train.json"  # written into a run trained by the benchmark (its wall time)
-# Runs trained in this process, by resolved output directory: ``llm+pop`` reuses the ``llm`` row's run.
 # Keys of a run's config.yaml that differ between seeds or machines of one recipe (left out of its digest).
 PER_RUN_KEYS = (("train", "seed"), ("train", "output_dir"), ("data", "prepared_dir"))
+# Runs trained in this process, by resolved output directory: ``llm+pop`` reuses the ``llm`` row's run.
 _TRAINED: dict[str, tuple[Path, float]] = {}
 
 
