@@ -156,15 +156,18 @@ class CatalogHeadConfig:
     item_residuals: bool = False  # add a learned per-item vector (zero-initialised): an item embedding, report as its own row
     title_mlp: int = 0  # width of a shared MLP over each title vector, added to the item vector (0 = none; no per-item parameter)
     history_pool: int = 0  # add a shared map (LayerNorm -> Linear) of the mean vector of the last N history items to the user's hidden state (0 = none)
+    title_source: str = "embeddings"  # title vectors: embeddings (mean input embedding) | hidden (mean last hidden state of the title read alone)
     batch_size: int = 16  # users per forward pass when ranking
     learning_rate: float | None = None  # peak learning rate of the head's parameters (None = train.learning_rate)
 
     def validate(self) -> None:
-        """Positive batch size and learning rate, non-negative MLP width and history pool."""
+        """Positive batch size and learning rate, non-negative MLP width and history pool, a known title source."""
         if self.title_mlp < 0:
             raise ConfigError("catalog_head.title_mlp must be >= 0 (0 = no title MLP)")
         if self.history_pool < 0:
             raise ConfigError("catalog_head.history_pool must be >= 0 (0 = no history pool)")
+        if self.title_source not in ("embeddings", "hidden"):
+            raise ConfigError(f"catalog_head.title_source must be embeddings or hidden, not {self.title_source!r}")
         if self.batch_size <= 0:
             raise ConfigError("catalog_head.batch_size must be > 0")
         if self.learning_rate is not None and self.learning_rate <= 0:

@@ -37,7 +37,14 @@ from llmrec.data.schema import UserSequence
 from llmrec.evaluation.evaluate import evaluate
 from llmrec.io import write_json
 from llmrec.modeling.build import build_model
-from llmrec.modeling.catalog_head import CatalogHead, latest, mean_item_vector, title_texts, title_vectors
+from llmrec.modeling.catalog_head import (
+    CatalogHead,
+    hidden_title_vectors,
+    latest,
+    mean_item_vector,
+    title_texts,
+    title_vectors,
+)
 from llmrec.prompts import load_template
 
 LAST = 5  # history items the probe's user reads
@@ -74,6 +81,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, float | str]]:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--split", choices=("valid", "test"), default="valid", help="the split scored")
     parser.add_argument("--sides", nargs="+", choices=SIDES, default=list(SIDES), help="item sides to probe")
+    parser.add_argument("--title-source", choices=("embeddings", "hidden"), default="embeddings",
+                        help="title vectors: mean input embedding, or mean last hidden state of the title read alone")
     parser.add_argument("--out", type=Path)
     parser.add_argument("overrides", nargs="*", help="key.sub=value config overrides (e.g. a tiny model in tests)")
     args = parser.parse_args(argv)
@@ -82,7 +91,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, float | str]]:
     data = PreparedDataset.load(args.prepared)
     model, tokenizer = build_model(cfg.model, cfg.lora)
     texts = title_texts(data.catalog, cfg.prompt, load_template(cfg.prompt.template, cfg.prompt.prompts_dir))
-    titles = title_vectors(model.get_input_embeddings().weight, tokenizer, texts)
+    if args.title_source == "hidden":
+        titles = hidden_title_vectors(model.eval(), tokenizer, texts)
+    else:
+        titles = title_vectors(model.get_input_embeddings().weight, tokenizer, texts)
     titles = titles - titles.mean(0)
     titles = titles / titles.norm(dim=1, keepdim=True) * 3  # centred, unit length x 3
     prefixes, targets = [], []
@@ -112,7 +124,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, float | str]]:
               f"HR@10 {result.metrics['hr@10']:.4f}  ({time.perf_counter() - start:.0f} s)", flush=True)
     if args.out:
         write_json(args.out, {"config": str(args.config), "epochs": args.epochs, "seed": 0, "split": args.split,
-                              "rows": rows})
+                              "title_source": args.title_source, "overrides": args.overrides, "rows": rows})
     return rows
 
 

@@ -48,6 +48,7 @@ from llmrec.data.schema import Catalog, UserSequence
 from llmrec.io import atomic_file
 
 CATALOG_HEAD_FILE = "catalog_head.pt"  # trained head state in a run directory
+TITLE_SOURCES = ("embeddings", "hidden")  # title vectors: mean input embedding | mean last hidden state
 
 
 class CatalogHead(nn.Module):
@@ -63,15 +64,20 @@ class CatalogHead(nn.Module):
             mean item vector, mapped by a shared ``LayerNorm -> Linear(d, d)`` (the linear layer
             zero at the start) and added to the hidden state; 0 = none. The norm brings the small
             pooled vector to the hidden state's scale, as the title MLP's norm does for titles.
+        title_source: how ``titles`` were made (:data:`TITLE_SOURCES`); ``hidden`` vectors depend on
+            the transformer's weights, so they are saved with the head rather than recomputed.
     """
 
     def __init__(self, titles: torch.Tensor, item_ids: Sequence[str], residuals: bool = False, mlp_hidden: int = 0,
-                 history_pool: int = 0):
+                 history_pool: int = 0, title_source: str = "embeddings"):
         super().__init__()
         num_items, dim = titles.shape
         if num_items != len(item_ids):
             raise ValueError(f"{num_items} title vectors for {len(item_ids)} item ids")
+        if title_source not in TITLE_SOURCES:
+            raise ValueError(f"title_source {title_source!r}: expected one of {', '.join(TITLE_SOURCES)}")
         self.item_ids = list(item_ids)
+        self.title_source = title_source
         self.register_buffer("titles", titles.detach().float().clone(), persistent=False)
         self.proj = nn.Linear(dim, dim, bias=False)
         with torch.no_grad():
@@ -139,7 +145,11 @@ class CatalogHead(nn.Module):
 
     def head_state(self) -> dict[str, Any]:
         """What :func:`save_catalog_head` writes: the trained tensors and the row ids."""
-        state = {"proj": self.proj.weight.detach().float().cpu(), "item_ids": self.item_ids}
+        state: dict[str, Any] = {"proj": self.proj.weight.detach().float().cpu(), "item_ids": self.item_ids,
+                                 "title_source": self.title_source}
+        if self.title_source == "hidden":
+            titles: torch.Tensor = self.get_buffer("titles")
+            state["titles"] = titles.detach().float().cpu()
         if self.residuals is not None:
             state["residuals"] = self.residuals.detach().float().cpu()
         if self.mlp is not None:
@@ -248,16 +258,82 @@ def title_vectors(embeddings: torch.Tensor, tokenizer: Any, texts: Sequence[str]
     return out
 
 
+@torch.no_grad()
+def hidden_title_vectors(model: Any, tokenizer: Any, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
+    """``(N, d)`` mean last hidden state of each text's tokens, each text read alone by the decoder (fp32).
+
+    Where :func:`title_vectors` averages input embeddings (what the tokens are), this averages what
+    the transformer makes of the whole title in context (what the model knows about ``Heat (1995)``).
+    ``model`` is read as it is: call it before any adapter is trained (or with adapters disabled) so
+    that training and loading compute the same vectors.
+    """
+    inner = _language_model(model)
+    backbone = getattr(inner, inner.base_model_prefix)
+    device = next(backbone.parameters()).device
+    padding_side = tokenizer.padding_side
+    tokenizer.padding_side = "right"
+    try:
+        out = torch.zeros(len(texts), inner.config.hidden_size)
+        for start in range(0, len(texts), batch_size):
+            chunk = list(texts[start:start + batch_size])
+            batch = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False)
+            mask = batch["attention_mask"].to(device)
+            if bool((mask.sum(dim=1) == 0).any()):
+                row = start + int((mask.sum(dim=1) == 0).nonzero()[0])
+                raise ValueError(f"item {row}: title {texts[row]!r} has no tokens")
+            states = backbone(input_ids=batch["input_ids"].to(device), attention_mask=mask,
+                              use_cache=False).last_hidden_state.float()
+            weights = mask.unsqueeze(-1).float()
+            out[start:start + len(chunk)] = ((states * weights).sum(dim=1) / weights.sum(dim=1)).cpu()
+    finally:
+        tokenizer.padding_side = padding_side
+    return out
+
+
 def build_catalog_head(model: Any, tokenizer: Any, catalog: Catalog, prompt_cfg: Any, residuals: bool,
-                       mlp_hidden: int = 0, history_pool: int = 0) -> CatalogHead:
-    """A fresh head for ``catalog`` from ``model``'s input embeddings and the prompt's title format."""
+                       mlp_hidden: int = 0, history_pool: int = 0, title_source: str = "embeddings",
+                       saved_titles: dict[str, torch.Tensor] | None = None) -> CatalogHead:
+    """A fresh head for ``catalog`` from ``model`` and the prompt's title format.
+
+    ``title_source: hidden`` averages the decoder's last hidden state over each title read alone
+    (:func:`hidden_title_vectors`, adapters disabled), rescaled to the mean norm of the
+    ``embeddings`` vectors so that the first scores keep the scale of the LM head's logits.
+    ``saved_titles`` (item id -> vector, from a saved head) takes precedence for the items it holds.
+    """
     from llmrec.prompts import load_template
 
     template = load_template(prompt_cfg.template, prompt_cfg.prompts_dir)
     embeddings = model.get_input_embeddings().weight
-    head = CatalogHead(title_vectors(embeddings, tokenizer, title_texts(catalog, prompt_cfg, template)),
-                       catalog.item_ids, residuals, mlp_hidden, history_pool)
+    texts = title_texts(catalog, prompt_cfg, template)
+    saved = saved_titles or {}
+    missing = [row for row, item_id in enumerate(catalog.item_ids) if item_id not in saved]
+    titles = torch.zeros(len(texts), embeddings.shape[1])
+    if missing:
+        by_embedding = title_vectors(embeddings, tokenizer, [texts[row] for row in missing])
+        if title_source == "hidden":
+            with _adapters_disabled(model):
+                by_state = hidden_title_vectors(model, tokenizer, [texts[row] for row in missing])
+            scale = by_embedding.norm(dim=1).mean() / by_state.norm(dim=1).mean()
+            by_embedding = by_state * scale
+        titles[torch.tensor(missing)] = by_embedding
+    for row, item_id in enumerate(catalog.item_ids):
+        if item_id in saved:
+            titles[row] = saved[item_id]
+    head = CatalogHead(titles, catalog.item_ids, residuals, mlp_hidden, history_pool, title_source)
     return head.to(embeddings.device)
+
+
+@contextlib.contextmanager
+def _adapters_disabled(model: Any) -> Iterator[None]:
+    """Read ``model`` as its base weights (a PEFT model's ``disable_adapter``), in eval mode."""
+    was_training = model.training
+    model.eval()
+    disable = getattr(model, "disable_adapter", None)
+    try:
+        with disable() if callable(disable) else contextlib.nullcontext():
+            yield
+    finally:
+        model.train(was_training)
 
 
 def _language_model(model: nn.Module) -> Any:
@@ -302,15 +378,21 @@ def save_catalog_head(head: CatalogHead, path: Path) -> None:
 def load_catalog_head(path: Path, model: Any, tokenizer: Any, catalog: Catalog, prompt_cfg: Any) -> CatalogHead:
     """Rebuild the head of a run for ``catalog``: title vectors from ``model``, trained state from ``path``.
 
-    Residuals are matched by item id; an item the run never saw scores by its title alone.
+    Residuals are matched by item id; an item the run never saw scores by its title alone. Title
+    vectors of ``title_source: hidden`` come from the saved head by item id; those of new items are
+    computed from ``model`` with its adapters disabled (from merged weights when the adapter is
+    merged: close to, not exactly, what training would have computed).
     """
     if not path.is_file():
         raise FileNotFoundError(f"{path.parent} is a catalog-head run but {path.name} is missing")
     state = torch.load(path, map_location="cpu", weights_only=True)
     mlp_state = state.get("mlp")
     mlp_hidden = mlp_state["1.weight"].shape[0] if mlp_state is not None else 0
+    title_source = str(state.get("title_source", "embeddings"))
+    saved = dict(zip(state["item_ids"], state["titles"], strict=True)) if "titles" in state else None
     head = build_catalog_head(model, tokenizer, catalog, prompt_cfg, residuals="residuals" in state,
-                              mlp_hidden=mlp_hidden, history_pool=int(state.get("history_pool", 0)))
+                              mlp_hidden=mlp_hidden, history_pool=int(state.get("history_pool", 0)),
+                              title_source=title_source, saved_titles=saved)
     device = head.device
     with torch.no_grad():
         head.proj.weight.copy_(state["proj"])

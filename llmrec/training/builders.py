@@ -205,5 +205,6 @@ def attach_head_for_format(run_cfg: RunConfig, model: torch.nn.Module, tokenizer
 
     catalog = PreparedDataset.load(run_cfg.data.prepared_dir).catalog
     head = build_catalog_head(model, tokenizer, catalog, run_cfg.prompt, run_cfg.catalog_head.item_residuals,
-                              run_cfg.catalog_head.title_mlp, run_cfg.catalog_head.history_pool)
+                              run_cfg.catalog_head.title_mlp, run_cfg.catalog_head.history_pool,
+                              run_cfg.catalog_head.title_source)
     return attach_catalog_head(model, head)

@@ -27,8 +27,10 @@ from llmrec.modeling.catalog_head import (
     build_catalog_head,
     detach_catalog_head,
     feed_target_histories,
+    hidden_title_vectors,
     last_positions,
     load_catalog_head,
+    save_catalog_head,
     target_histories,
     title_vectors,
 )
@@ -94,6 +96,41 @@ def test_title_vectors_are_mean_input_embeddings(tokenizer: Any):
     ids = tokenizer(["Heat (1995)"], add_special_tokens=False)["input_ids"][0]
     torch.testing.assert_close(vectors[0], embeddings[ids].mean(dim=0))
     assert vectors.shape == (2, 8)
+
+
+def test_hidden_title_vectors_average_each_title_read_alone(tokenizer: Any):
+    model = tiny_llama(len(tokenizer)).eval()
+    titles = ["Heat (1995)", "Star Wars: Episode IV - A New Hope (1977)", "Fargo (1996)"]
+    batched = hidden_title_vectors(model, tokenizer, titles, batch_size=3)
+    for row, title in enumerate(titles):  # padding in a batch changes nothing
+        ids = torch.tensor([tokenizer([title], add_special_tokens=False)["input_ids"][0]])
+        alone = model.model(input_ids=ids).last_hidden_state[0].mean(dim=0)
+        torch.testing.assert_close(batched[row], alone, rtol=1e-4, atol=1e-5)
+    assert tokenizer.padding_side == "left"  # restored
+
+
+def test_hidden_title_source_reads_the_base_weights_and_is_saved_with_the_head(dataset: PreparedDataset, tokenizer: Any,
+                                                                             tmp_path: Path):
+    from peft import LoraConfig, get_peft_model
+
+    base = build_catalog_head(tiny_llama(len(tokenizer)), tokenizer, dataset.catalog, prompt_cfg(), residuals=False,
+                              title_source="hidden")
+    by_embedding = build_catalog_head(tiny_llama(len(tokenizer)), tokenizer, dataset.catalog, prompt_cfg(), residuals=False)
+    assert base.title_source == "hidden" and not torch.allclose(base.titles, by_embedding.titles)
+    # rescaled to the embedding vectors' mean norm: the first scores keep the LM head's logit scale
+    torch.testing.assert_close(base.titles.norm(dim=1).mean(), by_embedding.titles.norm(dim=1).mean())
+    peft = get_peft_model(tiny_llama(len(tokenizer)), LoraConfig(r=4, target_modules=["q_proj", "v_proj"],
+                                                                 init_lora_weights=False))  # adapters not zero
+    peft.train()
+    with_adapter = build_catalog_head(peft, tokenizer, dataset.catalog, prompt_cfg(), residuals=False,
+                                      title_source="hidden")
+    torch.testing.assert_close(with_adapter.titles, base.titles)  # adapters disabled while reading titles
+    assert peft.training  # mode restored
+    save_catalog_head(base, tmp_path / CATALOG_HEAD_FILE)
+    other = tiny_llama(len(tokenizer), seed=1)  # other weights (as after a merge): saved vectors win
+    loaded = load_catalog_head(tmp_path / CATALOG_HEAD_FILE, other, tokenizer, dataset.catalog, prompt_cfg())
+    assert loaded.title_source == "hidden"
+    torch.testing.assert_close(loaded.titles, base.titles)
 
 
 def test_head_starts_as_the_mean_title_token_logit_and_trains_only_its_own_tensors(dataset: PreparedDataset, tokenizer: Any):
