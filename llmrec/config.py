@@ -202,6 +202,8 @@ class RunConfig:
              "train.format interest_tags needs prompt.template: interest_tags"),
             (self.catalog_head.learning_rate is None or self.train.format == "catalog",
              "catalog_head.learning_rate needs train.format: catalog (no other format has a catalog head)"),
+            (self.catalog_head.title_source == "embeddings" or self.train.format == "catalog",
+             "catalog_head.title_source needs train.format: catalog (no other format has a catalog head)"),
             (self.prompt.chat_format in ("plain", "chat", "auto"), "prompt.chat_format must be plain, chat or auto"),
             (self.prompt.max_history_items >= 0 and self.prompt.max_history_tokens >= 0, "prompt.max_history_items/tokens must be >= 0"),
             (self.model.kind in ("auto", "decoder", "encoder"), "model.kind must be auto, decoder or encoder"),

@@ -7,7 +7,10 @@ both training and ranking (``train.format: catalog``):
 * every catalog item gets a vector built from its title text: the mean of the decoder's own
   input embeddings of the title tokens (``Title (Year)`` as the prompts print it). For a model
   with tied embeddings this lives in the space the LM head compares hidden states with, so
-  before any training ``hidden @ title_vector`` is the mean logit of the title's tokens;
+  before any training ``hidden @ title_vector`` is the mean logit of the title's tokens.
+  ``catalog_head.title_source: hidden`` instead averages the decoder's last hidden states over the
+  title read alone (what the transformer makes of ``Heat (1995)``, not only its tokens), computed
+  once with adapters disabled, rescaled to the embedding vectors' mean norm and saved with the head;
 * a shared ``(d, d)`` projection, initialised to the identity, maps those vectors;
   ``catalog_head.title_mlp`` adds a shared two-layer MLP of the same title vector (a text
   adapter, zero at the start, as text-based recommenders put over frozen text features): still

@@ -276,7 +276,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory, dataset: PreparedDataset, 
     """The recipe through the benchmark's ``llm`` entry: trains 3 steps, validation-ranks, loads the run."""
     out = tmp_path_factory.mktemp("catalog-run") / "run"
     overrides = [*tiny_recipe_overrides(tokenizer_dir), "catalog_head.item_residuals=true", "catalog_head.learning_rate=2e-3",
-                 "catalog_head.title_mlp=16", "catalog_head.history_pool=3", "model.num_layers=1"]
+                 "catalog_head.title_mlp=16", "catalog_head.history_pool=3", "model.num_layers=1",
+                 "catalog_head.title_source=hidden"]
     params = {"config": [RECIPE], "overrides": overrides,
               "output_dir": str(out), "valid_users": 5, "device": "cpu", "scoring": "catalog_head"}
     ranker = build_and_train(dataset, params, seed=0)
@@ -364,6 +365,8 @@ def test_loaded_head_matches_the_trained_one(trained: dict[str, Any], dataset: P
     for name, tensor in head.pool.state_dict().items():
         torch.testing.assert_close(tensor, state["pool"][name])
     assert state["pool"]["1.weight"].abs().sum() > 0  # the zero-initialised history pool trained through the loop
+    assert head.title_source == state["title_source"] == "hidden"  # the recipe's hidden-state title vectors,
+    torch.testing.assert_close(head.titles, state["titles"])  # saved by the loop, not recomputed from this model
 
 
 def test_a_model_without_lm_head_has_no_attached_head(tokenizer: Any):
@@ -440,6 +443,11 @@ def test_head_settings_are_validated():
         load_config([RECIPE], ["catalog_head.history_pool=-2"])
     with pytest.raises(ConfigError, match="needs train.format: catalog"):  # it would silently do nothing
         load_config([RECIPE], ["train.format=item_span", "catalog_head.learning_rate=5e-3"])
+    assert load_config([RECIPE], ["catalog_head.title_source=hidden"]).catalog_head.title_source == "hidden"
+    with pytest.raises(ConfigError, match="catalog_head.title_source must be embeddings or hidden"):
+        load_config([RECIPE], ["catalog_head.title_source=tokens"])
+    with pytest.raises(ConfigError, match="catalog_head.title_source needs train.format: catalog"):
+        load_config([RECIPE], ["train.format=item_span", "catalog_head.title_source=hidden"])
 
 
 def test_the_training_loop_gives_the_head_its_learning_rate(trained: dict[str, Any]):

@@ -27,9 +27,10 @@ def test_probe_scores_the_chosen_sides_on_the_test_split(tmp_path: Path, tiny_to
     data = tmp_path / "data"
     build_dataset(data)
     arch = json.dumps(TINY_LLAMA).replace(" ", "")
-    rows = main(["--prepared", str(data), "--epochs", "1", "--split", "test", "--sides", "mlp",
+    rows = main(["--prepared", str(data), "--epochs", "1", "--split", "test", "--sides", "mlp", "--title-source", "hidden",
                  "--out", str(tmp_path / "probe.json"),
                  f"model.name_or_path={save_tokenizer(tiny_tokenizer, tmp_path)}", f"model.random_init_config={arch}"])
     assert [r["item_side"] for r in rows] == ["mlp"] and "valid_ndcg@10" not in rows[0]
     assert 0.0 <= float(rows[0]["test_ndcg@10"]) <= 1.0
-    assert json.loads((tmp_path / "probe.json").read_text())["split"] == "test"
+    report = json.loads((tmp_path / "probe.json").read_text())
+    assert report["split"] == "test" and report["title_source"] == "hidden"
