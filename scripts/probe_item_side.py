@@ -6,7 +6,8 @@ Launch::
         --prepared data/ml-100k --out reports/probe-item-side.json
 
 Item vectors start from the recipe's title vectors (mean SmolLM2 input embedding of each
-``Title (Year)``, centred and scaled) and go through one of three item sides:
+``Title (Year)``, centred and scaled; ``--title-source hidden``: the mean last hidden state of the
+title read alone, as ``catalog_head.title_source: hidden``) and go through one of three item sides:
 
 * ``linear``: a shared projection (the catalog head of ``smollm2-catalog.yaml``);
 * ``mlp``: the projection plus a shared title MLP (``catalog_head.title_mlp``), no per-item parameter;
