@@ -81,6 +81,7 @@ class CatalogHead(nn.Module):
             raise ValueError(f"title_source {title_source!r}: expected one of {', '.join(TITLE_SOURCES)}")
         self.item_ids = list(item_ids)
         self.title_source = title_source
+        self.title_scale: float | None = None  # hidden titles: the factor they were rescaled by
         self.register_buffer("titles", titles.detach().float().clone(), persistent=False)
         self.proj = nn.Linear(dim, dim, bias=False)
         with torch.no_grad():
@@ -153,6 +154,8 @@ class CatalogHead(nn.Module):
         if self.title_source == "hidden":
             titles: torch.Tensor = self.get_buffer("titles")
             state["titles"] = titles.detach().float().cpu()
+            if self.title_scale is not None:
+                state["title_scale"] = self.title_scale
         if self.residuals is not None:
             state["residuals"] = self.residuals.detach().float().cpu()
         if self.mlp is not None:
@@ -295,13 +298,16 @@ def hidden_title_vectors(model: Any, tokenizer: Any, texts: Sequence[str], batch
 
 def build_catalog_head(model: Any, tokenizer: Any, catalog: Catalog, prompt_cfg: Any, residuals: bool,
                        mlp_hidden: int = 0, history_pool: int = 0, title_source: str = "embeddings",
-                       saved_titles: dict[str, torch.Tensor] | None = None) -> CatalogHead:
+                       saved_titles: dict[str, torch.Tensor] | None = None,
+                       title_scale: float | None = None) -> CatalogHead:
     """A fresh head for ``catalog`` from ``model`` and the prompt's title format.
 
     ``title_source: hidden`` averages the decoder's last hidden state over each title read alone
     (:func:`hidden_title_vectors`, adapters disabled), rescaled to the mean norm of the
     ``embeddings`` vectors so that the first scores keep the scale of the LM head's logits.
-    ``saved_titles`` (item id -> vector, from a saved head) takes precedence for the items it holds.
+    ``saved_titles`` (item id -> vector, from a saved head) takes precedence for the items it holds;
+    ``title_scale`` (the saved head's) rescales the hidden vectors of the items it lacks as the
+    whole catalog's were in training.
     """
     from llmrec.prompts import load_template
 
@@ -316,13 +322,15 @@ def build_catalog_head(model: Any, tokenizer: Any, catalog: Catalog, prompt_cfg:
         if title_source == "hidden":
             with _adapters_disabled(model):
                 by_state = hidden_title_vectors(model, tokenizer, [texts[row] for row in missing])
-            scale = by_embedding.norm(dim=1).mean() / by_state.norm(dim=1).mean()
-            by_embedding = by_state * scale
+            if title_scale is None:
+                title_scale = float(by_embedding.norm(dim=1).mean() / by_state.norm(dim=1).mean())
+            by_embedding = by_state * title_scale
         titles[torch.tensor(missing)] = by_embedding
     for row, item_id in enumerate(catalog.item_ids):
         if item_id in saved:
             titles[row] = saved[item_id]
     head = CatalogHead(titles, catalog.item_ids, residuals, mlp_hidden, history_pool, title_source)
+    head.title_scale = title_scale
     return head.to(embeddings.device)
 
 
@@ -395,7 +403,8 @@ def load_catalog_head(path: Path, model: Any, tokenizer: Any, catalog: Catalog, 
     saved = dict(zip(state["item_ids"], state["titles"], strict=True)) if "titles" in state else None
     head = build_catalog_head(model, tokenizer, catalog, prompt_cfg, residuals="residuals" in state,
                               mlp_hidden=mlp_hidden, history_pool=int(state.get("history_pool", 0)),
-                              title_source=title_source, saved_titles=saved)
+                              title_source=title_source, saved_titles=saved,
+                              title_scale=float(state["title_scale"]) if "title_scale" in state else None)
     device = head.device
     with torch.no_grad():
         head.proj.weight.copy_(state["proj"])

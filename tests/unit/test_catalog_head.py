@@ -131,6 +131,15 @@ def test_hidden_title_source_reads_the_base_weights_and_is_saved_with_the_head(d
     loaded = load_catalog_head(tmp_path / CATALOG_HEAD_FILE, other, tokenizer, dataset.catalog, prompt_cfg())
     assert loaded.title_source == "hidden"
     torch.testing.assert_close(loaded.titles, base.titles)
+    # an item the run never saw is read by this model and rescaled by the run's factor, not its own
+    state = torch.load(tmp_path / CATALOG_HEAD_FILE, weights_only=True)
+    state["item_ids"], state["titles"] = state["item_ids"][1:], state["titles"][1:]
+    torch.save(state, tmp_path / "partial.pt")
+    partial = load_catalog_head(tmp_path / "partial.pt", other, tokenizer, dataset.catalog, prompt_cfg())
+    torch.testing.assert_close(partial.titles[1:], base.titles[1:])
+    title = dataset.catalog[0].display_title()
+    fresh = hidden_title_vectors(other.eval(), tokenizer, [title])[0] * state["title_scale"]
+    torch.testing.assert_close(partial.titles[0], fresh, rtol=1e-4, atol=1e-5)
 
 
 def test_head_starts_as_the_mean_title_token_logit_and_trains_only_its_own_tensors(dataset: PreparedDataset, tokenizer: Any):
