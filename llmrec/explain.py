@@ -227,24 +227,20 @@ def generate_text(
 def decoder_item_embedder(model: Any, tokenizer: Any, catalog: Catalog, batch_size: int = 32) -> Callable[[Sequence[int]], torch.Tensor]:
     """Item embeddings from the decoder itself: last hidden state mean-pooled over the title tokens.
 
-    Embeddings are cached per item index, so repeated explanations of one user are cheap.
+    The vectors are :func:`~llmrec.modeling.catalog_head.hidden_title_vectors` of the display
+    titles (the catalog head's ``title_source: hidden`` reads titles the same way), cached per item
+    index, so repeated explanations of one user are cheap.
     """
-    cache: dict[int, torch.Tensor] = {}
-    device = next(model.parameters()).device
+    from llmrec.modeling.catalog_head import hidden_title_vectors
 
-    @torch.inference_mode()
+    cache: dict[int, torch.Tensor] = {}
+
     def embed(indices: Sequence[int]) -> torch.Tensor:
         missing = [i for i in dict.fromkeys(indices) if i not in cache]
-        for start in range(0, len(missing), batch_size):
-            chunk = missing[start:start + batch_size]
-            titles = [catalog[i].display_title() for i in chunk]
-            encoded = tokenizer(titles, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-            out = model(**encoded, output_hidden_states=True)
-            hidden = out.hidden_states[-1].float()  # (b, L, d)
-            mask = encoded["attention_mask"][:, :, None].float()  # (b, L, 1)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # (b, d)
-            for index, vector in zip(chunk, pooled.cpu(), strict=True):
-                cache[index] = vector
+        if missing:
+            titles = [catalog[i].display_title() for i in missing]
+            vectors = hidden_title_vectors(model, tokenizer, titles, batch_size=batch_size)
+            cache.update(zip(missing, vectors, strict=True))
         return torch.stack([cache[i] for i in indices]) if indices else torch.zeros(0, 1)
 
     return embed

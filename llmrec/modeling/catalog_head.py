@@ -273,13 +273,12 @@ def hidden_title_vectors(model: Any, tokenizer: Any, texts: Sequence[str], batch
     ``model`` is read as it is: call it before any adapter is trained (or with adapters disabled) so
     that training and loading compute the same vectors.
     """
-    inner = _language_model(model)
-    backbone = getattr(inner, inner.base_model_prefix)
+    backbone = _backbone(model)
     device = next(backbone.parameters()).device
     padding_side = tokenizer.padding_side
-    tokenizer.padding_side = "right"
+    tokenizer.padding_side = "right"  # real tokens at positions 0.. whatever the batch's padding
     try:
-        out = torch.zeros(len(texts), inner.config.hidden_size)
+        out = torch.zeros(len(texts), backbone.config.hidden_size)
         for start in range(0, len(texts), batch_size):
             chunk = list(texts[start:start + batch_size])
             batch = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False)
@@ -318,14 +317,17 @@ def build_catalog_head(model: Any, tokenizer: Any, catalog: Catalog, prompt_cfg:
     missing = [row for row, item_id in enumerate(catalog.item_ids) if item_id not in saved]
     titles = torch.zeros(len(texts), embeddings.shape[1])
     if missing:
-        by_embedding = title_vectors(embeddings, tokenizer, [texts[row] for row in missing])
+        wanted = [texts[row] for row in missing]
         if title_source == "hidden":
             with _adapters_disabled(model):
-                by_state = hidden_title_vectors(model, tokenizer, [texts[row] for row in missing])
+                vectors = hidden_title_vectors(model, tokenizer, wanted)
             if title_scale is None:
-                title_scale = float(by_embedding.norm(dim=1).mean() / by_state.norm(dim=1).mean())
-            by_embedding = by_state * title_scale
-        titles[torch.tensor(missing)] = by_embedding
+                reference = title_vectors(embeddings, tokenizer, wanted)
+                title_scale = float(reference.norm(dim=1).mean() / vectors.norm(dim=1).mean())
+            vectors = vectors * title_scale
+        else:
+            vectors = title_vectors(embeddings, tokenizer, wanted)
+        titles[torch.tensor(missing)] = vectors
     for row, item_id in enumerate(catalog.item_ids):
         if item_id in saved:
             titles[row] = saved[item_id]
@@ -354,6 +356,12 @@ def _language_model(model: nn.Module) -> Any:
     if not hasattr(inner, "lm_head"):
         raise ValueError(f"{type(inner).__name__} has no lm_head: the catalog head needs a causal LM")
     return inner
+
+
+def _backbone(model: nn.Module) -> Any:
+    """The transformer of a causal LM without its LM head (``model.model`` for Llama)."""
+    inner = _language_model(model)
+    return getattr(inner, inner.base_model_prefix)
 
 
 def attach_catalog_head(model: nn.Module, head: CatalogHead) -> nn.Module:
@@ -447,8 +455,7 @@ class CatalogHeadScorer:
         self.render = render
         self.batch_size = batch_size
         self.add_special_tokens = add_special_tokens
-        inner = _language_model(model)
-        self.backbone = getattr(inner, inner.base_model_prefix)  # the transformer without its LM head
+        self.backbone = _backbone(model)
 
     @torch.no_grad()
     def hidden(self, histories: Sequence[UserSequence]) -> torch.Tensor:

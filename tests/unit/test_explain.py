@@ -12,6 +12,7 @@ from llmrec.explain import (
     TEMPLATE_FLAG,
     Explainer,
     category_jaccard,
+    decoder_item_embedder,
     embedding_similarity,
     gather_evidence,
     generate_text,
@@ -180,3 +181,18 @@ def test_generate_text_greedy_is_deterministic_and_sampling_is_seeded(tiny_token
     sampled = [generate_text(model, tokenizer, "Heat (1995)\n", 6, 7) for _ in range(2)]
     assert greedy[0] == greedy[1] and sampled[0] == sampled[1]
     assert isinstance(greedy[0], str)
+
+
+def test_decoder_item_embeddings_are_the_catalog_heads_hidden_title_vectors_whatever_the_batch():
+    from llmrec.modeling.catalog_head import hidden_title_vectors
+
+    catalog = fixture_catalog()
+    tokenizer = make_tokenizer([item.display_title() for item in catalog])
+    tokenizer.padding_side = "left"  # as generation sets it
+    model = tiny_llama(len(tokenizer)).eval()
+    embed = decoder_item_embedder(model, tokenizer, catalog, batch_size=3)
+    together = embed([0, 1, 2, 3])
+    expected = hidden_title_vectors(model, tokenizer, [catalog[i].display_title() for i in range(4)], batch_size=1)
+    torch.testing.assert_close(together, expected, rtol=1e-4, atol=1e-5)
+    fresh = decoder_item_embedder(model, tokenizer, catalog, batch_size=3)
+    torch.testing.assert_close(fresh([3]), expected[3:], rtol=1e-4, atol=1e-5)  # alone = in a padded batch
