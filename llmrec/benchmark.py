@@ -334,6 +334,20 @@ def _same(field_name: str, first: Path, value: Any, other: Path, other_value: An
                           f"({other_value!r} vs {value!r}); only reports of the same setup merge")
 
 
+# Params of an LLM entry that say where its run lives, not what it is: one seed trained by the
+# benchmark and another reloaded with ``run_dir`` (e.g. after a crash while ranking) still merge.
+LOCATION_PARAMS = ("run_dir", "output_dir")
+
+
+def _setup_params(run: dict[str, Any]) -> Any:
+    """The params that must agree across reports: all of them, less :data:`LOCATION_PARAMS` for a
+    row whose resolved recipe content (``recipe_sha256``) is recorded and compared instead."""
+    params = run.get("params")
+    if run.get("recipe_sha256") is None or not isinstance(params, dict):
+        return params
+    return {name: value for name, value in params.items() if name not in LOCATION_PARAMS}
+
+
 def _merge_runs(key: str, reports: list[tuple[Path, dict[str, Any]]]) -> list[dict[str, Any]]:
     """The ``key`` runs ("runs" or "tags") of all reports, grouped by label in first-seen order, seeds ascending."""
     owner: dict[tuple[str, int], Path] = {}
@@ -347,7 +361,7 @@ def _merge_runs(key: str, reports: list[tuple[Path, dict[str, Any]]]) -> list[di
                 raise ConfigError(f"{path / 'results.json'}: {key} row {cell[0]!r} seed {cell[1]} is also in "
                                   f"{owner[cell] / 'results.json'}; each (label, seed) may come from one report")
             owner[cell] = path
-            setup = {"model": run.get("model"), "params": run.get("params")}
+            setup = {"model": run.get("model"), "params": _setup_params(run)}
             if run["label"] in params:
                 first, value = params[run["label"]]
                 _same(f"{key}[{run['label']}].model/params", first, value, path, setup)

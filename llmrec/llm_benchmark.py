@@ -2,7 +2,8 @@
 
 ``llm`` fine-tunes a decoder with :func:`llmrec.training.loop.train` from a recipe config (validation
 ranking NDCG@10 after each epoch drives early stopping, see :mod:`llmrec.training.ranking_eval`),
-or reuses a finished run directory, and returns the run's :class:`~llmrec.recommender.Recommender`
+or reuses a finished run directory (``params.run_dir``, or its own output directory when an earlier
+benchmark trained the same recipe there and was stopped after training), and returns the run's :class:`~llmrec.recommender.Recommender`
 (trie-constrained beam search, or the exact full-catalog scorer) to the one evaluator that ranks
 Pop, GRU4Rec and SASRec. ``llm+pop`` is a separate row: the LLM's beam list re-scored with a
 popularity prior (``log p_llm(item) + weight * log(count + 1)``); it is never reported as the LLM.
@@ -46,8 +47,9 @@ DEFAULT_RECIPE = "configs/ml100k/smollm2-lora.yaml"
 TRAIN_TIME_FILE = "benchmark_train.json"  # written into a run trained by the benchmark (its wall time)
 # Keys of a run's config.yaml that differ between seeds or machines of one recipe (left out of its digest).
 PER_RUN_KEYS = (("train", "seed"), ("train", "output_dir"), ("data", "prepared_dir"))
-# Runs trained in this process, by resolved output directory: ``llm+pop`` reuses the ``llm`` row's run.
-_TRAINED: dict[str, tuple[Path, float]] = {}
+# Runs trained in this process, by resolved output directory: (resolved config, run dir, seconds).
+# ``llm+pop`` reuses the ``llm`` row's run; another config in the same directory is an error.
+_TRAINED: dict[str, tuple[str, Path, float]] = {}
 
 
 @dataclass
@@ -224,6 +226,17 @@ def recorded_train_time(run_dir: Path) -> float | None:
     return float(json.loads(path.read_text(encoding="utf-8"))["train_time_s"]) if path.is_file() else None
 
 
+def finished_train_time(run_dir: Path, run_cfg: RunConfig) -> float | None:
+    """The recorded training time of a finished benchmark-trained run of ``run_cfg`` in ``run_dir``.
+
+    None when there is none to reuse: the directory is missing, unfinished, holds another config,
+    or was not trained by a benchmark (no :data:`TRAIN_TIME_FILE`, so no honest training time).
+    """
+    from llmrec.training.run_dir import is_finished_run_of
+
+    return recorded_train_time(run_dir) if is_finished_run_of(run_dir, run_cfg) else None
+
+
 def load_ranker(run_dir: Path, dataset: PreparedDataset, params: LLMParams, train_time_s: float | None) -> LLMRanker:
     """Load ``run_dir`` as a ranker; refuse a run trained on another catalog than the benchmark's."""
     from llmrec.recommender import Recommender
@@ -260,13 +273,24 @@ def build_and_train(dataset: PreparedDataset, params: dict[str, Any], seed: int)
     if parsed.run_dir is not None:
         log.info("llm: reusing run %s (no training)", parsed.run_dir)
         return load_ranker(Path(parsed.run_dir), dataset, parsed, None)
+    from llmrec.config import dump_yaml
+
     run_cfg = recipe_config(parsed, dataset, seed)
-    key = str(Path(run_cfg.train.output_dir).resolve())
-    if key not in _TRAINED:
-        _TRAINED[key] = train_run(run_cfg, dataset, parsed)
-    else:
+    out, resolved = Path(run_cfg.train.output_dir), dump_yaml(run_cfg)
+    key = str(out.resolve())
+    if key in _TRAINED:
+        if _TRAINED[key][0] != resolved:
+            raise ConfigError(
+                f"llm (seed {seed}): output_dir {out} already holds another run of this benchmark (another seed or "
+                "recipe); give each its own directory, e.g. leave params.output_dir unset for <recipe dir>-seed<N>")
         log.info("llm: reusing run %s trained earlier in this benchmark", key)
-    run_dir, seconds = _TRAINED[key]
+    elif (done := finished_train_time(out, run_cfg)) is not None:
+        log.info("llm: %s already holds this recipe's finished run (trained in %.0f s): reloading it, no training",
+                 out, done)
+        _TRAINED[key] = (resolved, out, done)
+    else:
+        _TRAINED[key] = (resolved, *train_run(run_cfg, dataset, parsed))
+    _, run_dir, seconds = _TRAINED[key]
     return load_ranker(run_dir, dataset, parsed, seconds)
 
 

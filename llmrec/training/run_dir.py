@@ -123,6 +123,17 @@ def is_complete(run_dir: Path) -> bool:
     return (run_dir / "run.json").is_file() and not (run_dir / INCOMPLETE_MARKER).exists()
 
 
+def is_finished_run_of(run_dir: Path, config: RunConfig) -> bool:
+    """Whether ``run_dir`` holds a run of exactly ``config`` that finished training cleanly.
+
+    A benchmark killed after training (e.g. while ranking) reloads such a run when it is run again
+    instead of refusing it (:func:`resume_or_start`) or training it a second time.
+    """
+    saved = run_dir / "config.yaml"
+    return (run_dir.is_dir() and not (run_dir / INCOMPLETE_MARKER).exists() and saved.is_file()
+            and saved.read_text(encoding="utf-8") == dump_yaml(config))
+
+
 def resume_or_start(run_dir: Path, config: RunConfig) -> bool:
     """Whether a job that trains ``config`` into ``run_dir`` (a benchmark entry) should resume.
 

@@ -202,6 +202,24 @@ def test_merge_reports_refuses_different_setups(tmp_path, data_dir):
         merge_reports([tmp_path / "a", tmp_path / "b"], tmp_path / "m")
     (tmp_path / "b" / "results.json").write_text(json.dumps(report))  # no digest: merges with "a"
     assert len(merge_reports([tmp_path / "a", tmp_path / "b"], tmp_path / "m2")["runs"]) == 2
+    # where a run lives (run_dir / output_dir) is not its setup when the recipe digests agree ...
+    edited["runs"][0]["params"] = {"scoring": "catalog_head"}
+    (tmp_path / "a" / "results.json").write_text(json.dumps(edited))
+    reused = {**report["runs"][0], "recipe_sha256": "1" * 64,
+              "params": {"scoring": "catalog_head", "run_dir": "runs/x-seed1"}}
+    (tmp_path / "b" / "results.json").write_text(json.dumps({**report, "runs": [reused]}))
+    assert len(merge_reports([tmp_path / "a", tmp_path / "b"], tmp_path / "m3")["runs"]) == 2
+    # ... but without a digest to vouch for the recipe it is compared like any other param
+    (tmp_path / "b" / "results.json").write_text(json.dumps({**report, "runs": [
+        {key: value for key, value in reused.items() if key != "recipe_sha256"}]}))
+    with pytest.raises(ConfigError, match=r"runs\[pop\].model/params"):
+        merge_reports([tmp_path / "a", tmp_path / "b"], tmp_path / "m")
+    (tmp_path / "b" / "results.json").write_text(json.dumps({**report, "runs": [
+        {**reused, "params": {"scoring": "beam", "run_dir": "runs/x-seed1"}}]}))  # a real difference still counts
+    with pytest.raises(ConfigError, match=r"runs\[pop\].model/params"):
+        merge_reports([tmp_path / "a", tmp_path / "b"], tmp_path / "m")
+    edited["runs"][0]["params"] = {}
+    (tmp_path / "a" / "results.json").write_text(json.dumps(edited))
     (tmp_path / "b" / "results.json").write_text("{\n  oops")
     with pytest.raises(ConfigError, match=r"b/results.json: invalid JSON at line 2"):
         merge_reports([tmp_path / "a", tmp_path / "b"], tmp_path / "m")

@@ -100,6 +100,37 @@ def test_recipe_trains_end_to_end_and_validates_on_ranking(trained: dict[str, An
     assert ranker.train_time_s is not None and ranker.best_valid == last
 
 
+def test_a_rerun_reloads_the_finished_run_with_its_recorded_time(
+    trained: dict[str, Any], dataset: PreparedDataset, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+):
+    """A benchmark stopped after training (e.g. while ranking) and run again does not train twice."""
+    import llmrec.llm_benchmark as llm_benchmark
+
+    def no_training(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("trained again")
+
+    monkeypatch.setattr(llm_benchmark, "_TRAINED", {})  # a fresh process
+    monkeypatch.setattr(llm_benchmark, "train_run", no_training)
+    recorded = json.loads((trained["run_dir"] / "benchmark_train.json").read_text())["train_time_s"]
+    again = build_and_train(dataset, trained["params"], seed=0)
+    assert again.train_time_s == recorded and again.run_dir == trained["run_dir"]
+    # another seed in the same directory is refused, not served the first seed's model
+    with pytest.raises(ConfigError, match="already holds another run"):
+        build_and_train(dataset, trained["params"], seed=1)
+    # a run without a recorded training time, or of another config, is trained, not reused
+    monkeypatch.setattr(llm_benchmark, "_TRAINED", {})
+    with pytest.raises(AssertionError, match="trained again"):
+        build_and_train(dataset, trained["params"], seed=1)
+    time_file = trained["run_dir"] / "benchmark_train.json"
+    time_file.rename(tmp_path / "aside.json")
+    try:
+        monkeypatch.setattr(llm_benchmark, "_TRAINED", {})
+        with pytest.raises(AssertionError, match="trained again"):
+            build_and_train(dataset, trained["params"], seed=0)
+    finally:
+        (tmp_path / "aside.json").rename(time_file)
+
+
 def test_llm_row_comes_from_the_same_evaluator_as_the_baselines(
     trained: dict[str, Any], dataset: PreparedDataset, tmp_path: Path
 ):
