@@ -325,6 +325,14 @@ def test_shallow_recipe_is_the_pool_recipe_on_the_first_ten_blocks_and_every_win
     assert load_config([str(REPO / "configs" / "ml100k" / "smollm2-catalog-selected.yaml")]) == shallow
 
 
+def test_hidden_recipe_loads_alone_as_the_benchmarked_two_file_stack():
+    ml100k = REPO / "configs" / "ml100k"
+    alone = load_config([str(ml100k / "smollm2-catalog-hidden.yaml")])
+    stack = load_config([str(ml100k / "smollm2-catalog-selected.yaml"), str(ml100k / "smollm2-catalog-hidden.yaml")])
+    assert alone == stack and alone.catalog_head.title_source == "hidden" and alone.model.num_layers == 10
+    assert alone.train.format == "catalog" and alone.train.output_dir == "runs/ml100k-smollm2-catalog-hidden"
+
+
 def test_run_loads_as_a_catalog_scorer_that_only_recommends_unseen_catalog_items(trained: dict[str, Any], dataset: PreparedDataset):
     run_dir = trained["ranker"].run_dir
     recommender = Recommender.load(run_dir, device="cpu")
