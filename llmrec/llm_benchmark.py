@@ -211,13 +211,21 @@ def train_run(run_cfg: RunConfig, dataset: PreparedDataset, params: LLMParams) -
     result = train(run_cfg, command=f"llmrec benchmark (llm, seed {run_cfg.train.seed})", resume=resume,
                    eval_fn=eval_fn, device=params.device)
     seconds = time.perf_counter() - started
-    record_train_time(result.run_dir, seconds, result.global_step)
+    record_train_time(result.run_dir, seconds, result.global_step, validation_setup(params))
     return result.run_dir, seconds
 
 
-def record_train_time(run_dir: Path, seconds: float, global_step: int) -> None:
-    """Write the wall time of a run trained by the benchmark into ``RUN/benchmark_train.json``."""
-    write_json(run_dir / TRAIN_TIME_FILE, {"train_time_s": round(seconds, 2), "global_step": global_step})
+def validation_setup(params: LLMParams) -> dict[str, Any]:
+    """The entry's per-epoch validation (it picks the kept epoch, yet is not in the run's config.yaml)."""
+    return {"users": params.valid_users, "num_beams": params.valid_num_beams}
+
+
+def record_train_time(run_dir: Path, seconds: float, global_step: int, validation: dict[str, Any] | None = None) -> None:
+    """Write the wall time (and validation setup) of a run trained by the benchmark into ``RUN/benchmark_train.json``."""
+    record: dict[str, Any] = {"train_time_s": round(seconds, 2), "global_step": global_step}
+    if validation is not None:
+        record["validation"] = validation
+    write_json(run_dir / TRAIN_TIME_FILE, record)
 
 
 def recorded_train_time(run_dir: Path) -> float | None:
@@ -226,15 +234,26 @@ def recorded_train_time(run_dir: Path) -> float | None:
     return float(json.loads(path.read_text(encoding="utf-8"))["train_time_s"]) if path.is_file() else None
 
 
-def finished_train_time(run_dir: Path, run_cfg: RunConfig) -> float | None:
+def finished_train_time(run_dir: Path, run_cfg: RunConfig, params: LLMParams, num_valid: int) -> float | None:
     """The recorded training time of a finished benchmark-trained run of ``run_cfg`` in ``run_dir``.
 
     None when there is none to reuse: the directory is missing, unfinished, holds another config,
-    or was not trained by a benchmark (no :data:`TRAIN_TIME_FILE`, so no honest training time).
+    was not trained by a benchmark (no :data:`TRAIN_TIME_FILE`, so no honest training time), or
+    was validated otherwise than ``params`` ask (the validation chose its kept epoch). A record
+    without the validation setup (written before it was kept) is checked by the number of users
+    its validations ranked (``num_valid``: the size of the validation split, for ``valid_users: null``).
     """
     from llmrec.training.run_dir import is_finished_run_of
 
-    return recorded_train_time(run_dir) if is_finished_run_of(run_dir, run_cfg) else None
+    seconds = recorded_train_time(run_dir)
+    if seconds is None or not is_finished_run_of(run_dir, run_cfg):
+        return None
+    recorded = json.loads((run_dir / TRAIN_TIME_FILE).read_text(encoding="utf-8")).get("validation")
+    if recorded is not None:
+        return seconds if recorded == validation_setup(params) else None
+    best = best_validation(run_dir)
+    wanted = num_valid if params.valid_users is None else min(params.valid_users, num_valid)
+    return seconds if best is not None and int(best.get("valid_users", -1)) == wanted else None
 
 
 def load_ranker(run_dir: Path, dataset: PreparedDataset, params: LLMParams, train_time_s: float | None) -> LLMRanker:
@@ -284,7 +303,7 @@ def build_and_train(dataset: PreparedDataset, params: dict[str, Any], seed: int)
                 f"llm (seed {seed}): output_dir {out} already holds another run of this benchmark (another seed or "
                 "recipe); give each its own directory, e.g. leave params.output_dir unset for <recipe dir>-seed<N>")
         log.info("llm: reusing run %s trained earlier in this benchmark", key)
-    elif (done := finished_train_time(out, run_cfg)) is not None:
+    elif (done := finished_train_time(out, run_cfg, parsed, len(dataset.eval_cases("valid")))) is not None:
         log.info("llm: %s already holds this recipe's finished run (trained in %.0f s): reloading it, no training",
                  out, done)
         _TRAINED[key] = (resolved, out, done)

@@ -122,13 +122,28 @@ def test_a_rerun_reloads_the_finished_run_with_its_recorded_time(
     with pytest.raises(AssertionError, match="trained again"):
         build_and_train(dataset, trained["params"], seed=1)
     time_file = trained["run_dir"] / "benchmark_train.json"
-    time_file.rename(tmp_path / "aside.json")
+    record = json.loads(time_file.read_text())
+    assert record["validation"] == {"users": 5, "num_beams": 20}
+    for params in ({**trained["params"], "valid_users": 7}, {**trained["params"], "valid_num_beams": 5}):
+        monkeypatch.setattr(llm_benchmark, "_TRAINED", {})  # validated otherwise: another kept epoch
+        with pytest.raises(AssertionError, match="trained again"):
+            build_and_train(dataset, params, seed=0)
     try:
+        del record["validation"]  # a record written before the validation setup was kept ...
+        time_file.write_text(json.dumps(record))
+        monkeypatch.setattr(llm_benchmark, "_TRAINED", {})
+        assert build_and_train(dataset, trained["params"], seed=0).train_time_s == recorded  # ... 5 users ranked
+        monkeypatch.setattr(llm_benchmark, "_TRAINED", {})
+        with pytest.raises(AssertionError, match="trained again"):
+            build_and_train(dataset, {**trained["params"], "valid_users": None}, seed=0)
+        time_file.rename(tmp_path / "aside.json")
         monkeypatch.setattr(llm_benchmark, "_TRAINED", {})
         with pytest.raises(AssertionError, match="trained again"):
             build_and_train(dataset, trained["params"], seed=0)
     finally:
-        (tmp_path / "aside.json").rename(time_file)
+        record["validation"] = {"users": 5, "num_beams": 20}
+        time_file.write_text(json.dumps(record))
+        (tmp_path / "aside.json").unlink(missing_ok=True)
 
 
 def test_llm_row_comes_from_the_same_evaluator_as_the_baselines(
