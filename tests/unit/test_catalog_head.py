@@ -472,3 +472,52 @@ def test_the_training_loop_gives_the_head_its_learning_rate(trained: dict[str, A
     assert states, "the run kept no optimizer state"
     groups = torch.load(states[-1], map_location="cpu", weights_only=True)["param_groups"]
     assert sorted({g["initial_lr"] for g in groups if g["params"]}) == [5e-4, 2e-3]  # LoRA (the recipe's), head
+
+
+def test_export_writes_a_run_with_a_checkpoints_weights_or_their_mean(trained: dict[str, Any], dataset: PreparedDataset,
+                                                                      tmp_path: Path):
+    from safetensors.torch import load_file, save_file
+
+    from llmrec.training.export import ADAPTER_FILE, EXPORT_FILE, export_checkpoints
+
+    run_dir = trained["ranker"].run_dir
+    best = run_dir / "checkpoints" / "best-trainable.safetensors"
+    weights = load_file(str(best))
+    assert any(".lora_A." in name for name in weights) and any(name.endswith("lm_head.proj.weight") for name in weights)
+    save_file({name: tensor.float() + 0.5 for name, tensor in weights.items()}, str(tmp_path / "other.safetensors"))
+    adapter, head = load_file(str(run_dir / ADAPTER_FILE)), torch.load(run_dir / CATALOG_HEAD_FILE, weights_only=True)
+
+    copy = export_checkpoints(run_dir, [best], tmp_path / "copy")  # the run's own (best-epoch) weights back
+    for name, tensor in load_file(str(copy / ADAPTER_FILE)).items():
+        assert torch.equal(tensor, adapter[name])
+    assert torch.equal(torch.load(copy / CATALOG_HEAD_FILE, weights_only=True)["proj"], head["proj"])
+
+    mean = export_checkpoints(run_dir, [best, tmp_path / "other.safetensors"], tmp_path / "mean")
+    for name, tensor in load_file(str(mean / ADAPTER_FILE)).items():
+        torch.testing.assert_close(tensor.float(), adapter[name].float() + 0.25)
+    exported = torch.load(mean / CATALOG_HEAD_FILE, weights_only=True)
+    torch.testing.assert_close(exported["proj"], head["proj"] + 0.25)
+    torch.testing.assert_close(exported["residuals"], head["residuals"] + 0.25)
+    for part in ("mlp", "pool"):
+        for name, tensor in exported[part].items():
+            torch.testing.assert_close(tensor, head[part][name] + 0.25)
+    assert torch.equal(exported["titles"], head["titles"])  # fixed title vectors are not trained
+    assert json.loads((mean / EXPORT_FILE).read_text())["weights"] == "mean"
+    assert not (mean / "checkpoints").exists()
+    ranker = Recommender.load(mean, device="cpu").ranker  # a complete run: it loads and ranks
+    result = evaluate(ranker, dataset.eval_cases("test")[:6], len(dataset.catalog), ks=[10])
+    assert result.metrics["num_queries"] == 6
+
+    with pytest.raises(FileExistsError, match="exists"):
+        export_checkpoints(run_dir, [best], tmp_path / "mean")
+    save_file({name: t for name, t in weights.items() if "proj" not in name}, str(tmp_path / "partial.safetensors"))
+    with pytest.raises(ValueError, match="differ"):
+        export_checkpoints(run_dir, [best, tmp_path / "partial.safetensors"], tmp_path / "bad")
+    with pytest.raises(ValueError, match="no trainable counterpart"):
+        export_checkpoints(run_dir, [tmp_path / "partial.safetensors"], tmp_path / "bad")
+    save_file({**weights, "base_model.model.model.embed_tokens.weight": torch.zeros(2, 2)}, str(tmp_path / "extra.safetensors"))
+    with pytest.raises(ValueError, match="cannot place"):
+        export_checkpoints(run_dir, [tmp_path / "extra.safetensors"], tmp_path / "bad")
+    with pytest.raises(FileNotFoundError, match="not a step-N"):
+        export_checkpoints(run_dir, [tmp_path / "nope.safetensors"], tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()  # nothing half-written
