@@ -130,8 +130,7 @@ def is_finished_run_of(run_dir: Path, config: RunConfig) -> bool:
     instead of refusing it (:func:`resume_or_start`) or training it a second time.
     """
     saved = run_dir / "config.yaml"
-    return (run_dir.is_dir() and not (run_dir / INCOMPLETE_MARKER).exists() and saved.is_file()
-            and saved.read_text(encoding="utf-8") == dump_yaml(config))
+    return is_complete(run_dir) and saved.is_file() and saved.read_text(encoding="utf-8") == dump_yaml(config)
 
 
 def resume_or_start(run_dir: Path, config: RunConfig) -> bool:
