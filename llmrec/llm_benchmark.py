@@ -234,25 +234,27 @@ def recorded_train_time(run_dir: Path) -> float | None:
     return float(json.loads(path.read_text(encoding="utf-8"))["train_time_s"]) if path.is_file() else None
 
 
-def finished_train_time(run_dir: Path, run_cfg: RunConfig, params: LLMParams, num_valid: int) -> float | None:
+def finished_train_time(run_dir: Path, run_cfg: RunConfig, params: LLMParams, dataset: PreparedDataset) -> float | None:
     """The recorded training time of a finished benchmark-trained run of ``run_cfg`` in ``run_dir``.
 
     None when there is none to reuse: the directory is missing, unfinished, holds another config,
     was not trained by a benchmark (no :data:`TRAIN_TIME_FILE`, so no honest training time), or
     was validated otherwise than ``params`` ask (the validation chose its kept epoch). A record
-    without the validation setup (written before it was kept) is checked by the number of users
-    its validations ranked (``num_valid``: the size of the validation split, for ``valid_users: null``).
+    without the validation setup (written before it was kept) is checked by the number of
+    validation users its epochs ranked.
     """
     from llmrec.training.run_dir import is_finished_run_of
 
-    seconds = recorded_train_time(run_dir)
-    if seconds is None or not is_finished_run_of(run_dir, run_cfg):
+    path = run_dir / TRAIN_TIME_FILE
+    if not path.is_file() or not is_finished_run_of(run_dir, run_cfg):
         return None
-    recorded = json.loads((run_dir / TRAIN_TIME_FILE).read_text(encoding="utf-8")).get("validation")
-    if recorded is not None:
-        return seconds if recorded == validation_setup(params) else None
-    best = best_validation(run_dir)
+    record = json.loads(path.read_text(encoding="utf-8"))
+    seconds = float(record["train_time_s"])
+    if "validation" in record:
+        return seconds if record["validation"] == validation_setup(params) else None
+    num_valid = len(dataset.eval_cases("valid"))
     wanted = num_valid if params.valid_users is None else min(params.valid_users, num_valid)
+    best = best_validation(run_dir)
     return seconds if best is not None and int(best.get("valid_users", -1)) == wanted else None
 
 
@@ -303,7 +305,7 @@ def build_and_train(dataset: PreparedDataset, params: dict[str, Any], seed: int)
                 f"llm (seed {seed}): output_dir {out} already holds another run of this benchmark (another seed or "
                 "recipe); give each its own directory, e.g. leave params.output_dir unset for <recipe dir>-seed<N>")
         log.info("llm: reusing run %s trained earlier in this benchmark", key)
-    elif (done := finished_train_time(out, run_cfg, parsed, len(dataset.eval_cases("valid")))) is not None:
+    elif (done := finished_train_time(out, run_cfg, parsed, dataset)) is not None:
         log.info("llm: %s already holds this recipe's finished run (trained in %.0f s): reloading it, no training",
                  out, done)
         _TRAINED[key] = (resolved, out, done)

@@ -129,8 +129,13 @@ def is_finished_run_of(run_dir: Path, config: RunConfig) -> bool:
     A benchmark killed after training (e.g. while ranking) reloads such a run when it is run again
     instead of refusing it (:func:`resume_or_start`) or training it a second time.
     """
+    return is_complete(run_dir) and _holds_config(run_dir, config)
+
+
+def _holds_config(run_dir: Path, config: RunConfig) -> bool:
+    """Whether ``RUN/config.yaml`` is exactly ``config`` as the run would write it."""
     saved = run_dir / "config.yaml"
-    return is_complete(run_dir) and saved.is_file() and saved.read_text(encoding="utf-8") == dump_yaml(config)
+    return saved.is_file() and saved.read_text(encoding="utf-8") == dump_yaml(config)
 
 
 def resume_or_start(run_dir: Path, config: RunConfig) -> bool:
@@ -151,9 +156,8 @@ def resume_or_start(run_dir: Path, config: RunConfig) -> bool:
     if not (run_dir / INCOMPLETE_MARKER).exists():
         raise FileExistsError(f"{run_dir} holds a finished run: load it (e.g. the benchmark entry's params.run_dir) "
                               "or remove it / choose another output directory to train again")
-    saved = run_dir / "config.yaml"
-    if not saved.is_file() or saved.read_text(encoding="utf-8") != dump_yaml(config):
-        raise FileExistsError(f"{run_dir} holds an interrupted run of a different config ({saved.name} differs): "
+    if not _holds_config(run_dir, config):
+        raise FileExistsError(f"{run_dir} holds an interrupted run of a different config (config.yaml differs): "
                               "remove it or choose another output directory")
     if latest_checkpoint(run_dir / "checkpoints") is None:
         raise FileExistsError(f"{run_dir} holds an interrupted run without a checkpoint to resume from: remove it")
