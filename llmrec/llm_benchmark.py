@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -207,12 +206,11 @@ def train_run(run_cfg: RunConfig, dataset: PreparedDataset, params: LLMParams) -
                               scoring="catalog_head" if catalog else "beam", num_beams=params.valid_num_beams,
                               batch_size=run_cfg.catalog_head.batch_size if catalog else run_cfg.generation.batch_size)
     resume = resume_or_start(Path(run_cfg.train.output_dir), run_cfg)
-    started = time.perf_counter()
     result = train(run_cfg, command=f"llmrec benchmark (llm, seed {run_cfg.train.seed})", resume=resume,
                    eval_fn=eval_fn, device=params.device)
-    seconds = time.perf_counter() - started
-    record_train_time(result.run_dir, seconds, result.global_step, validation_setup(params))
-    return result.run_dir, seconds
+    # Summed over resumes: an interrupted benchmark's earlier calls count up to their last checkpoint.
+    record_train_time(result.run_dir, result.train_seconds, result.global_step, validation_setup(params))
+    return result.run_dir, result.train_seconds
 
 
 def validation_setup(params: LLMParams) -> dict[str, Any]:

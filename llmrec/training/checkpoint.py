@@ -42,6 +42,7 @@ class TrainerState:
     best_metric: float | None = None  # best early-stopping metric so far
     best_step: int | None = None  # global step at which ``best_metric`` was reached
     epochs_without_improvement: int = 0  # epochs since ``best_metric`` improved
+    train_seconds: float = 0.0  # wall time of ``train`` up to this point, summed over resumes
 
     @classmethod
     def load(cls, path: Path) -> TrainerState:

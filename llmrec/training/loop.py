@@ -67,6 +67,7 @@ class TrainResult:
     metrics: dict[str, Any]  # what metrics.json holds
     history: list[dict[str, float]]
     stopped_early: bool
+    train_seconds: float = 0.0  # wall time of the run, summed over resumes (see TrainerState.train_seconds)
 
 
 def causal_lm_loss(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
@@ -196,7 +197,8 @@ def save_outputs(accelerator: Accelerator, model: torch.nn.Module, tokenizer: An
     metrics: dict[str, Any] = {"global_step": state.global_step, "final_train_loss": final_loss,
                                "tokens_seen": state.tokens_seen, "stopped_early": stopped_early,
                                "weights_step": weights_step if weights_step is not None else state.global_step,
-                               "best_step": state.best_step, "evals": state.evals}
+                               "best_step": state.best_step, "evals": state.evals,
+                               "train_seconds": round(state.train_seconds, 2)}
     if state.evals:
         metrics["final_eval"] = state.evals[-1]
     if accelerator.is_main_process:
@@ -266,6 +268,7 @@ def train(
     Returns:
         A :class:`TrainResult`.
     """
+    started = time.perf_counter()
     train_cfg = run_cfg.train
     run_dir = Path(train_cfg.output_dir)
     accelerator = build_accelerator(run_cfg, run_dir, device)
@@ -302,17 +305,21 @@ def train(
         valid_loader = accelerator.prepare(valid_loader)
     accelerator.init_trackers("train", config=_tracker_config(run_cfg))
     state = _restore(accelerator, run_dir, resume)
+    # Time already spent by interrupted calls (up to their last checkpoint) counts as if spent now.
+    clock_origin = started - state.train_seconds
     result = _run_epochs(accelerator, model, tokenizer, train_loader, valid_loader, optimizer, scheduler,
-                         state, run_cfg, loss_fn, eval_fn, total_steps)
+                         state, run_cfg, loss_fn, eval_fn, total_steps, clock_origin)
     restored = train_cfg.restore_best and state.best_step is not None and ckpt.restore_best_trainable(
         accelerator, model, run_dir / "checkpoints")
+    state.train_seconds = time.perf_counter() - clock_origin
     metrics = save_outputs(accelerator, model, tokenizer, run_dir, run_cfg, state,
                            _run_info(run_cfg, accelerator.unwrap_model(model), data), result,
                            state.best_step if restored else state.global_step)
     accelerator.end_training()
     if original_head is not None:
         detach_catalog_head(accelerator.unwrap_model(model), original_head)
-    return TrainResult(run_dir, state.global_step, metrics["final_train_loss"], metrics, state.history, result)
+    return TrainResult(run_dir, state.global_step, metrics["final_train_loss"], metrics, state.history, result,
+                       state.train_seconds)
 
 
 def _restore(accelerator: Accelerator, run_dir: Path, resume: bool) -> ckpt.TrainerState:
@@ -328,16 +335,24 @@ def _restore(accelerator: Accelerator, run_dir: Path, resume: bool) -> ckpt.Trai
 def _run_epochs(accelerator: Accelerator, model: torch.nn.Module, tokenizer: Any, train_loader: Any,
                 valid_loader: Any, optimizer: torch.optim.Optimizer, scheduler: Any,
                 state: ckpt.TrainerState, run_cfg: RunConfig, loss_fn: LossFn, eval_fn: EvalFn | None,
-                total_steps: int) -> bool:
-    """Epochs from ``state`` on (mid-epoch after a resume); returns True when stopped early."""
+                total_steps: int, clock_origin: float) -> bool:
+    """Epochs from ``state`` on (mid-epoch after a resume); returns True when stopped early.
+
+    ``clock_origin``: the ``perf_counter`` value at which the run would have started had it never
+    been interrupted; each checkpoint records the wall time since then in ``state.train_seconds``.
+    """
     train_cfg = run_cfg.train
     checkpoints = Path(train_cfg.output_dir) / "checkpoints"
     progress = tqdm(total=total_steps, initial=state.global_step, desc="train",
                     disable=not accelerator.is_local_main_process, dynamic_ncols=True)
 
+    def save() -> None:
+        state.train_seconds = time.perf_counter() - clock_origin
+        ckpt.save_checkpoint(accelerator, checkpoints, state, train_cfg.keep_checkpoints)
+
     def on_step() -> None:
         if train_cfg.save_every_steps > 0 and state.global_step % train_cfg.save_every_steps == 0:
-            ckpt.save_checkpoint(accelerator, checkpoints, state, train_cfg.keep_checkpoints)
+            save()
 
     if state.batches_done >= len(train_loader):  # the checkpoint was taken at an epoch's end
         state.epoch, state.batches_done = state.epoch + 1, 0
@@ -363,7 +378,7 @@ def _run_epochs(accelerator: Accelerator, model: torch.nn.Module, tokenizer: Any
                     ckpt.save_best_trainable(accelerator, model, checkpoints)
         if not reached_max:
             state.epoch, state.batches_done = state.epoch + 1, 0
-        ckpt.save_checkpoint(accelerator, checkpoints, state, train_cfg.keep_checkpoints)
+        save()
         if reached_max or stopped_early:
             break
     progress.close()

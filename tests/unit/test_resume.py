@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 
 import pytest
@@ -9,7 +11,7 @@ import torch
 from accelerate.utils import set_seed
 
 from llmrec.modeling.build import build_model
-from llmrec.training.checkpoint import list_checkpoints
+from llmrec.training.checkpoint import STATE_FILE, list_checkpoints
 from llmrec.training.loop import causal_lm_loss, train
 from llmrec.training.run_dir import INCOMPLETE_MARKER
 from tests.unit.train_helpers import save_tokenizer, tiny_data, tiny_run_config
@@ -50,8 +52,15 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path: Path, tiny_tokenize
     run = tmp_path / "crashed" / "run"
     assert (run / INCOMPLETE_MARKER).exists()
     assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["step-2", "step-4"]
+    states = [run / "checkpoints" / name / STATE_FILE for name in ("step-2", "step-4")]
+    seconds = [json.loads(path.read_text())["train_seconds"] for path in states]
+    assert 0 < seconds[0] < seconds[1]
+    state = json.loads(states[1].read_text())
+    states[1].write_text(json.dumps({**state, "train_seconds": 1000.0}))  # as if the crashed call had run long
 
+    started = time.perf_counter()
     resumed, resumed_model = _run(tmp_path, tok_dir, "crashed", tiny_tokenizer, resume=True)
+    this_call = time.perf_counter() - started
     assert resumed.global_step == straight.global_step == 8
     assert abs(resumed.final_loss - straight.final_loss) < 1e-5
     tail = [h["loss"] for h in resumed.history[-4:]]
@@ -62,6 +71,9 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path: Path, tiny_tokenize
     assert not (run / INCOMPLETE_MARKER).exists()
     assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["step-6", "step-8"]
     assert (run / "command.txt").read_text().count("pytest") == 2
+    # the training time counts the crashed call up to its last checkpoint, not only the resumed part
+    assert 1000.0 < resumed.train_seconds <= 1000.0 + this_call
+    assert json.loads((run / "metrics.json").read_text())["train_seconds"] == round(resumed.train_seconds, 2)
 
 
 def test_resume_without_checkpoint_is_an_error(tmp_path: Path, tiny_tokenizer) -> None:
