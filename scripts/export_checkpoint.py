@@ -5,7 +5,10 @@ Launch::
     # the last step's weights of a run that kept an earlier (best-validation) epoch
     python scripts/export_checkpoint.py runs/ml100k-smollm2-catalog-hidden-seed1 \\
         --checkpoint runs/ml100k-smollm2-catalog-hidden-seed1/checkpoints/step-2088 --out runs/seed1-last
-    # checkpoint averaging: the mean of the best epoch and the last step
+    # checkpoint averaging: the mean of epochs 2 and 3 (runs since session 18 keep every epoch's end)
+    python scripts/export_checkpoint.py runs/RUN --checkpoint runs/RUN/checkpoints/epoch-2-trainable.safetensors \\
+        --checkpoint runs/RUN/checkpoints/epoch-3-trainable.safetensors --out runs/RUN-mean23
+    # or the mean of the best epoch and the last step
     python scripts/export_checkpoint.py runs/RUN --checkpoint runs/RUN/checkpoints/best-trainable.safetensors \\
         --checkpoint runs/RUN/checkpoints/step-2088 --out runs/RUN-mean
 

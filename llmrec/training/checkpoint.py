@@ -27,6 +27,7 @@ CHECKPOINT_PREFIX = "step-"
 STATE_FILE = "trainer_state.json"
 TRAINABLE_FILE = "trainable.safetensors"
 BEST_FILE = "best-trainable.safetensors"  # RUN/checkpoints/: trainable weights of the best validation epoch
+EPOCH_FILE = "epoch-{epoch}-trainable.safetensors"  # RUN/checkpoints/: trainable weights at each epoch's end (1-based)
 
 
 @dataclass
@@ -140,8 +141,8 @@ def load_checkpoint(accelerator: Accelerator, path: Path) -> TrainerState:
     return TrainerState.load(path / STATE_FILE)
 
 
-def save_best_trainable(accelerator: Accelerator, model: torch.nn.Module, checkpoint_root: Path) -> bool:
-    """Store the trainable weights as the best epoch's (``RUN/checkpoints/best-trainable.safetensors``).
+def save_trainable(accelerator: Accelerator, model: torch.nn.Module, path: Path) -> bool:
+    """Store the model's trainable weights in the safetensors file ``path``.
 
     Written to a temporary file and renamed. Returns False (nothing written) where Accelerate owns
     the parameter layout (FSDP / DeepSpeed shards), where the weights are not whole on one process.
@@ -152,12 +153,26 @@ def save_best_trainable(accelerator: Accelerator, model: torch.nn.Module, checkp
     if accelerator.is_main_process:
         inner = accelerator.unwrap_model(model)
         state = {n: p.detach().cpu().contiguous() for n, p in inner.named_parameters() if p.requires_grad}
-        checkpoint_root.mkdir(parents=True, exist_ok=True)
-        tmp = checkpoint_root / f".{BEST_FILE}.tmp"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
         save_file(state, str(tmp))
-        os.replace(tmp, checkpoint_root / BEST_FILE)
+        os.replace(tmp, path)
     accelerator.wait_for_everyone()
     return True
+
+
+def save_best_trainable(accelerator: Accelerator, model: torch.nn.Module, checkpoint_root: Path) -> bool:
+    """Store the trainable weights as the best epoch's (``RUN/checkpoints/best-trainable.safetensors``)."""
+    return save_trainable(accelerator, model, checkpoint_root / BEST_FILE)
+
+
+def save_epoch_trainable(accelerator: Accelerator, model: torch.nn.Module, checkpoint_root: Path, epoch: int) -> bool:
+    """Store the trainable weights at the end of ``epoch`` (1-based): ``RUN/checkpoints/epoch-N-trainable.safetensors``.
+
+    Kept for the whole run (step checkpoints are pruned), so any epoch, or the mean of several,
+    can be exported afterwards (:mod:`llmrec.training.export`).
+    """
+    return save_trainable(accelerator, model, checkpoint_root / EPOCH_FILE.format(epoch=epoch))
 
 
 def restore_best_trainable(accelerator: Accelerator, model: torch.nn.Module, checkpoint_root: Path) -> bool:

@@ -1,8 +1,9 @@
 """Re-export a finished decoder run with the weights of other checkpoints (or their mean).
 
 A run directory keeps the weights of its best validation epoch, but its ``checkpoints/`` also
-hold the trainable tensors of the last steps (``step-N/0-trainable.safetensors``) and of that
-best epoch (``best-trainable.safetensors``). :func:`export_checkpoints` writes a new, complete
+hold the trainable tensors of the last steps (``step-N/0-trainable.safetensors``), of every
+epoch's end (``epoch-N-trainable.safetensors``, runs since session 18) and of that best epoch
+(``best-trainable.safetensors``). :func:`export_checkpoints` writes a new, complete
 run directory whose adapter (and catalog head) are one of those, or the element-wise mean of
 several (checkpoint averaging), so any epoch can be evaluated, served or explained like the
 run itself::

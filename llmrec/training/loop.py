@@ -367,6 +367,8 @@ def _run_epochs(accelerator: Accelerator, model: torch.nn.Module, tokenizer: Any
         loader = accelerator.skip_first_batches(train_loader, state.batches_done) if state.batches_done else train_loader
         reached_max = train_epoch(accelerator, model, loader, optimizer, scheduler, state, run_cfg, loss_fn,
                                   on_step, progress)
+        if not reached_max:  # a whole epoch (not cut short by max_steps)
+            ckpt.save_epoch_trainable(accelerator, model, checkpoints, state.epoch + 1)
         if train_cfg.eval_every_epoch and (valid_loader is not None or eval_fn is not None):
             results = evaluate(accelerator, model, tokenizer, valid_loader, eval_fn, loss_fn, state.global_step)
             state.evals.append(results)

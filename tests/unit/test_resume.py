@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 from accelerate.utils import set_seed
+from safetensors.torch import load_file
 
 from llmrec.modeling.build import build_model
 from llmrec.training.checkpoint import STATE_FILE, list_checkpoints
+from llmrec.training.export import trainable_file
 from llmrec.training.loop import causal_lm_loss, train
 from llmrec.training.run_dir import INCOMPLETE_MARKER
 from tests.unit.train_helpers import save_tokenizer, tiny_data, tiny_run_config
@@ -71,6 +73,13 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path: Path, tiny_tokenize
     assert not (run / INCOMPLETE_MARKER).exists()
     assert [p.name for p in list_checkpoints(run / "checkpoints")] == ["step-6", "step-8"]
     assert (run / "command.txt").read_text().count("pytest") == 2
+    # epoch 1 ended at step 6 (kept after pruning: its own file and the step-6 checkpoint agree);
+    # step 8 is max_steps, mid-epoch 2: no epoch file for it
+    assert sorted(p.name for p in (run / "checkpoints").glob("epoch-*")) == ["epoch-1-trainable.safetensors"]
+    epoch1 = load_file(str(run / "checkpoints" / "epoch-1-trainable.safetensors"))
+    step6 = load_file(str(trainable_file(run / "checkpoints" / "step-6")))
+    assert epoch1.keys() == step6.keys() and epoch1
+    assert all(torch.equal(epoch1[name], step6[name]) for name in epoch1)
     # the training time counts the crashed call up to its last checkpoint, not only the resumed part
     assert 1000.0 < resumed.train_seconds <= 1000.0 + this_call
     assert json.loads((run / "metrics.json").read_text())["train_seconds"] == round(resumed.train_seconds, 2)
