@@ -174,11 +174,9 @@ def train_decoder_tags_run(params: DecoderParams, dataset: PreparedDataset, seed
     if cfg.train.format != "interest_tags":
         raise ConfigError(f"tags: decoder_tags.params.config: train.format is {cfg.train.format!r}, not interest_tags")
     resume = resume_or_start(Path(cfg.train.output_dir), cfg)
-    started = time.perf_counter()
     result = train(cfg, command=f"llmrec benchmark (decoder_tags, seed {seed})", resume=resume, device=params.device)
-    seconds = time.perf_counter() - started
-    record_train_time(result.run_dir, seconds, result.global_step)
-    return result.run_dir, seconds
+    record_train_time(result.run_dir, result.train_seconds, result.global_step)  # summed over resumes
+    return result.run_dir, result.train_seconds
 
 
 def build_decoder(dataset: PreparedDataset, params: dict[str, Any], seed: int, split: str) -> TagScorer:

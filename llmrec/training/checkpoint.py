@@ -89,19 +89,12 @@ def register_trainable_state_hooks(accelerator: Accelerator) -> None:
     def save_hook(models: list[torch.nn.Module], weights: list[dict[str, Any]], output_dir: str) -> None:
         for i, model in enumerate(models):
             if accelerator.is_main_process:
-                state = {n: p.detach().cpu().contiguous() for n, p in _unwrap(model).named_parameters() if p.requires_grad}
-                save_file(state, os.path.join(output_dir, f"{i}-{TRAINABLE_FILE}"))
+                save_file(_trainable_state(_unwrap(model)), os.path.join(output_dir, f"{i}-{TRAINABLE_FILE}"))
         weights.clear()  # Accelerate saves nothing else for these models
 
     def load_hook(models: list[torch.nn.Module], input_dir: str) -> None:
         for i, model in enumerate(list(models)):
-            inner = _unwrap(model)
-            state = load_file(os.path.join(input_dir, f"{i}-{TRAINABLE_FILE}"))
-            wanted = {n for n, p in inner.named_parameters() if p.requires_grad}
-            missing = sorted(wanted - set(state))
-            if missing:
-                raise RuntimeError(f"{input_dir}: checkpoint lacks trainable tensors {missing[:5]}")
-            inner.load_state_dict(state, strict=False)
+            _load_trainable(_unwrap(model), Path(input_dir) / f"{i}-{TRAINABLE_FILE}")
         models.clear()  # tell Accelerate these are loaded
 
     accelerator.register_save_state_pre_hook(save_hook)
@@ -151,11 +144,9 @@ def save_trainable(accelerator: Accelerator, model: torch.nn.Module, path: Path)
         return False
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        inner = accelerator.unwrap_model(model)
-        state = {n: p.detach().cpu().contiguous() for n, p in inner.named_parameters() if p.requires_grad}
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
-        save_file(state, str(tmp))
+        save_file(_trainable_state(accelerator.unwrap_model(model)), str(tmp))
         os.replace(tmp, path)
     accelerator.wait_for_everyone()
     return True
@@ -180,11 +171,20 @@ def restore_best_trainable(accelerator: Accelerator, model: torch.nn.Module, che
     path = checkpoint_root / BEST_FILE
     if not _stores_trainable_only(accelerator) or not path.is_file():
         return False
-    inner = accelerator.unwrap_model(model)
-    state = load_file(str(path))
-    wanted = {n for n, p in inner.named_parameters() if p.requires_grad}
-    if wanted - set(state):
-        raise RuntimeError(f"{path}: lacks trainable tensors {sorted(wanted - set(state))[:5]}")
-    inner.load_state_dict(state, strict=False)
+    _load_trainable(accelerator.unwrap_model(model), path)
     accelerator.wait_for_everyone()
     return True
+
+
+def _trainable_state(inner: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The parameters with ``requires_grad``, detached on the CPU (what every trainable file stores)."""
+    return {n: p.detach().cpu().contiguous() for n, p in inner.named_parameters() if p.requires_grad}
+
+
+def _load_trainable(inner: torch.nn.Module, path: Path) -> None:
+    """Load a trainable file into ``inner``; every trainable parameter must be in it."""
+    state = load_file(str(path))
+    missing = sorted({n for n, p in inner.named_parameters() if p.requires_grad} - set(state))
+    if missing:
+        raise RuntimeError(f"{path}: lacks trainable tensors {missing[:5]}")
+    inner.load_state_dict(state, strict=False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -120,3 +121,20 @@ def test_decoder_tag_head_fine_tunes_then_serves_the_tags_command_and_benchmark(
     with pytest.raises(ConfigError, match="at most one"):
         run_tag_one(dataset, BenchmarkModel(name="decoder_tags", params={"run_dir": "x", "config": ["y.yaml"]}), 0,
                     EvalConfig(split="test"))
+
+
+def test_decoder_tags_benchmark_records_the_run_summed_training_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The time written beside a benchmark-trained tag run is train()'s own, summed over resumes."""
+    import llmrec.training.loop as loop
+    from llmrec.tags.benchmark import DecoderParams, train_decoder_tags_run
+
+    def fake_train(cfg, command, resume=False, **kwargs):  # stands for a run resumed after 1000 s of earlier calls
+        run_dir = Path(cfg.train.output_dir)
+        run_dir.mkdir(parents=True)
+        return loop.TrainResult(run_dir, 7, 0.5, {}, [], False, train_seconds=1234.5)
+
+    monkeypatch.setattr(loop, "train", fake_train)
+    params = DecoderParams(config=["configs/ml100k/smollm2-tags.yaml"], output_dir=str(tmp_path / "run"))
+    run_dir, seconds = train_decoder_tags_run(params, SimpleNamespace(root=tmp_path / "data"), seed=0)
+    assert seconds == 1234.5
+    assert json.loads((run_dir / "benchmark_train.json").read_text()) == {"train_time_s": 1234.5, "global_step": 7}
