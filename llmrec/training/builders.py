@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -192,6 +192,30 @@ def build_data(run_cfg: RunConfig, tokenizer: Any, model_dtype: torch.dtype = to
         train_data, collate = examples, pad
     info.update(train_rows=len(train_data), valid_examples=len(valid) if valid is not None else 0)
     return TrainData(train=train_data, collate=collate, valid=valid, info=info, valid_collate=pad)
+
+
+def catalog_validation_fn(run_cfg: RunConfig, accelerator: Accelerator | None = None,
+                          ) -> Callable[[torch.nn.Module, Any], Mapping[str, float]] | None:
+    """The per-epoch validation a ``train.format: catalog`` run gets when its caller passes none.
+
+    Catalog labels are item indices, so these runs have no token-level validation loss; without
+    this hook ``llmrec train`` would keep the last epoch whatever it scored. It is the benchmark's
+    own validation (:func:`llmrec.training.ranking_eval.ranking_eval_fn`, catalog-head scoring of
+    the whole catalog): ``train.eval_max_users`` seeded validation users (None = every one), seeded
+    by ``train.seed``, so ``llmrec train`` keeps the epoch ``llmrec benchmark`` would keep with
+    ``valid_users`` equal to ``train.eval_max_users``. None for the other formats, or when
+    ``train.eval_every_epoch`` is off.
+    """
+    from llmrec.data.dataset import PreparedDataset
+    from llmrec.training.ranking_eval import ranking_eval_fn
+
+    train_cfg = run_cfg.train
+    if train_cfg.format != "catalog" or not train_cfg.eval_every_epoch:
+        return None
+    dataset = PreparedDataset.load(run_cfg.data.prepared_dir)
+    sharded = accelerator if accelerator is not None and accelerator.num_processes > 1 else None
+    return ranking_eval_fn(dataset, run_cfg.prompt, num_users=train_cfg.eval_max_users, seed=train_cfg.seed,
+                           scoring="catalog_head", batch_size=run_cfg.catalog_head.batch_size, accelerator=sharded)
 
 
 def attach_head_for_format(run_cfg: RunConfig, model: torch.nn.Module, tokenizer: Any) -> torch.nn.Module | None:

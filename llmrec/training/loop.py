@@ -48,6 +48,7 @@ from llmrec.training.builders import (
     build_dataloader,
     build_optimizer,
     build_scheduler,
+    catalog_validation_fn,
     compute_dtype_loss,
 )
 from llmrec.training.loss import select_loss
@@ -260,7 +261,9 @@ def train(
             With ``resume`` it must be built exactly as in the interrupted run (same seed).
         data: training examples and collate; None builds them from the prepared dataset.
         eval_fn: ``eval_fn(model, tokenizer) -> {"ndcg@10": ...}`` run after each epoch; its
-            ``ndcg@10`` drives early stopping (else the validation loss does).
+            ``ndcg@10`` drives early stopping (else the validation loss does). None: the
+            validation ranking of ``train.format: catalog`` runs
+            (:func:`llmrec.training.builders.catalog_validation_fn`), no hook for other formats.
         loss_fn: ``loss_fn(model, batch) -> scalar``; None: the causal-LM loss ``train.logits_only_on_labels``
             and ``train.packed_attention`` select (``llmrec.training.loss.select_loss``).
         device: ``cpu`` to force the CPU; None uses CUDA when available.
@@ -285,6 +288,8 @@ def train(
 
         model, tokenizer = build_model(run_cfg.model, run_cfg.lora)
     original_head = attach_head_for_format(run_cfg, model, tokenizer)
+    if eval_fn is None:
+        eval_fn = catalog_validation_fn(run_cfg, accelerator)
     if original_head is not None:
         loss_fn = feed_target_histories(loss_fn)  # a head with history_pool needs each target's earlier items
     data = data if data is not None else build_data(run_cfg, tokenizer, next(model.parameters()).dtype)

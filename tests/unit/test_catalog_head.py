@@ -521,3 +521,28 @@ def test_export_writes_a_run_with_a_checkpoints_weights_or_their_mean(trained: d
     with pytest.raises(FileNotFoundError, match="not a step-N"):
         export_checkpoints(run_dir, [tmp_path / "nope.safetensors"], tmp_path / "bad")
     assert not (tmp_path / "bad").exists()  # nothing half-written
+
+
+def test_llmrec_train_alone_validates_a_catalog_run_by_ranking(tmp_path: Path, dataset: PreparedDataset,
+                                                                 tokenizer_dir: Path):
+    """``llmrec train`` (no benchmark) ranks validation users after each epoch and keeps the best epoch."""
+    from typer.testing import CliRunner
+
+    from llmrec import cli
+    from llmrec.training.builders import catalog_validation_fn
+
+    out = tmp_path / "run"
+    overrides = [*tiny_recipe_overrides(tokenizer_dir), "model.num_layers=1", f"data.prepared_dir={dataset.root}",
+                 f"train.output_dir={out}", "train.max_steps=-1", "train.epochs=2", "train.eval_max_users=5",
+                 "train.early_stopping_patience=0"]
+    cli._register_all()
+    result = CliRunner().invoke(cli.app, ["train", "--config", RECIPE, *overrides])
+    assert result.exit_code == 0, result.output
+    evals = json.loads((out / "metrics.json").read_text())["evals"]
+    assert len(evals) == 2 and all(e["valid_users"] == 5.0 and "ndcg@10" in e for e in evals)  # one per epoch
+    metrics = json.loads((out / "metrics.json").read_text())
+    best = max(range(2), key=lambda i: evals[i]["ndcg@10"])  # max keeps the first of equals, as the loop does
+    assert metrics["best_step"] == evals[best]["step"] and metrics["weights_step"] == metrics["best_step"]
+    # the other formats have no ranking hook (their validation loss decides), nor does eval_every_epoch=false
+    assert catalog_validation_fn(load_config([RECIPE], ["train.format=item_span"])) is None
+    assert catalog_validation_fn(load_config([RECIPE], ["train.eval_every_epoch=false"])) is None
