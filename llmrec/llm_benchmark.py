@@ -198,13 +198,10 @@ def train_counts(dataset: PreparedDataset) -> np.ndarray:
 def train_run(run_cfg: RunConfig, dataset: PreparedDataset, params: LLMParams) -> tuple[Path, float]:
     """Fine-tune per ``run_cfg`` with validation-ranking early stopping; returns (run dir, seconds)."""
     from llmrec.training.loop import train
-    from llmrec.training.ranking_eval import ranking_eval_fn
+    from llmrec.training.ranking_eval import run_ranking_eval_fn
     from llmrec.training.run_dir import resume_or_start
 
-    catalog = run_cfg.train.format == "catalog"
-    eval_fn = ranking_eval_fn(dataset, run_cfg.prompt, num_users=params.valid_users, seed=run_cfg.train.seed,
-                              scoring="catalog_head" if catalog else "beam", num_beams=params.valid_num_beams,
-                              batch_size=run_cfg.catalog_head.batch_size if catalog else run_cfg.generation.batch_size)
+    eval_fn = run_ranking_eval_fn(run_cfg, dataset, params.valid_users, params.valid_num_beams)
     resume = resume_or_start(Path(run_cfg.train.output_dir), run_cfg)
     result = train(run_cfg, command=f"llmrec benchmark (llm, seed {run_cfg.train.seed})", resume=resume,
                    eval_fn=eval_fn, device=params.device)

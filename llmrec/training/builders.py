@@ -144,24 +144,32 @@ def build_scheduler(optimizer: torch.optim.Optimizer, name: str, total_steps: in
                          num_training_steps=total_steps * num_processes)
 
 
-def build_data(run_cfg: RunConfig, tokenizer: Any, model_dtype: torch.dtype = torch.float32) -> TrainData:
+def _prepared(run_cfg: RunConfig, dataset: Any) -> Any:
+    """``dataset`` if given, else the prepared dataset in ``data.prepared_dir``."""
+    from llmrec.data.dataset import PreparedDataset
+
+    return dataset if dataset is not None else PreparedDataset.load(run_cfg.data.prepared_dir)
+
+
+def build_data(run_cfg: RunConfig, tokenizer: Any, model_dtype: torch.dtype = torch.float32,
+               dataset: Any = None) -> TrainData:
     """Tokenized examples from the prepared dataset in ``data.prepared_dir``.
 
     Training examples come from the train split (``build_examples``, cached by config hash); the
     validation examples are one prompt -> validation-item completion per user (train history
     only), so the validation loss measures exactly the held-out next item. ``catalog`` examples
     (labels are item indices) have no validation loss: their runs are validated by ranking.
+    ``dataset``: the prepared dataset if already loaded (else read from ``data.prepared_dir``).
     """
     import dataclasses
 
-    from llmrec.data.dataset import PreparedDataset
     from llmrec.prompts import load_template
     from llmrec.training.collate import pack_examples, packed_collate, pad_collate
     from llmrec.training.examples import build_examples, make_builder
     from llmrec.training.varlen import packed_mask_mode
 
     train_cfg, prompt_cfg = run_cfg.train, run_cfg.prompt
-    dataset = PreparedDataset.load(run_cfg.data.prepared_dir)
+    dataset = _prepared(run_cfg, dataset)
     examples = build_examples(dataset, tokenizer, prompt_cfg, train_cfg.format, train_cfg.max_seq_len,
                               Path(run_cfg.data.prepared_dir) / "cache")
     examples = examples.select_columns(["input_ids", "labels", "num_targets"])
@@ -194,40 +202,37 @@ def build_data(run_cfg: RunConfig, tokenizer: Any, model_dtype: torch.dtype = to
     return TrainData(train=train_data, collate=collate, valid=valid, info=info, valid_collate=pad)
 
 
-def catalog_validation_fn(run_cfg: RunConfig, accelerator: Accelerator | None = None,
+def catalog_validation_fn(run_cfg: RunConfig, accelerator: Accelerator | None = None, dataset: Any = None,
                           ) -> Callable[[torch.nn.Module, Any], Mapping[str, float]] | None:
     """The per-epoch validation a ``train.format: catalog`` run gets when its caller passes none.
 
     Catalog labels are item indices, so these runs have no token-level validation loss; without
     this hook ``llmrec train`` would keep the last epoch whatever it scored. It is the benchmark's
-    own validation (:func:`llmrec.training.ranking_eval.ranking_eval_fn`, catalog-head scoring of
-    the whole catalog): ``train.eval_max_users`` seeded validation users (None = every one), seeded
-    by ``train.seed``, so ``llmrec train`` keeps the epoch ``llmrec benchmark`` would keep with
-    ``valid_users`` equal to ``train.eval_max_users``. None for the other formats, or when
-    ``train.eval_every_epoch`` is off.
+    own validation (:func:`llmrec.training.ranking_eval.run_ranking_eval_fn`, catalog-head scoring
+    of the whole catalog) on ``train.eval_max_users`` validation users (None = every one), so
+    ``llmrec train`` keeps the epoch ``llmrec benchmark`` would keep with ``valid_users`` equal to
+    ``train.eval_max_users``. None for the other formats, or when ``train.eval_every_epoch`` is off.
+    ``dataset``: the prepared dataset if already loaded (else read from ``data.prepared_dir``).
     """
-    from llmrec.data.dataset import PreparedDataset
-    from llmrec.training.ranking_eval import ranking_eval_fn
+    from llmrec.training.ranking_eval import run_ranking_eval_fn
 
     train_cfg = run_cfg.train
     if train_cfg.format != "catalog" or not train_cfg.eval_every_epoch:
         return None
-    dataset = PreparedDataset.load(run_cfg.data.prepared_dir)
     sharded = accelerator if accelerator is not None and accelerator.num_processes > 1 else None
-    return ranking_eval_fn(dataset, run_cfg.prompt, num_users=train_cfg.eval_max_users, seed=train_cfg.seed,
-                           scoring="catalog_head", batch_size=run_cfg.catalog_head.batch_size, accelerator=sharded)
+    return run_ranking_eval_fn(run_cfg, _prepared(run_cfg, dataset), train_cfg.eval_max_users, accelerator=sharded)
 
 
-def attach_head_for_format(run_cfg: RunConfig, model: torch.nn.Module, tokenizer: Any) -> torch.nn.Module | None:
+def attach_head_for_format(run_cfg: RunConfig, model: torch.nn.Module, tokenizer: Any,
+                           dataset: Any = None) -> torch.nn.Module | None:
     """``train.format: catalog``: put a catalog head for the prepared catalog in place of the LM head.
 
     Returns the LM head it replaced (put back after training), or None for the other formats.
+    ``dataset``: the prepared dataset if already loaded (else read from ``data.prepared_dir``).
     """
     if run_cfg.train.format != "catalog":
         return None
-    from llmrec.data.dataset import PreparedDataset
-
-    catalog = PreparedDataset.load(run_cfg.data.prepared_dir).catalog
+    catalog = _prepared(run_cfg, dataset).catalog
     head = build_catalog_head(model, tokenizer, catalog, run_cfg.prompt, run_cfg.catalog_head.item_residuals,
                               run_cfg.catalog_head.title_mlp, run_cfg.catalog_head.history_pool,
                               run_cfg.catalog_head.title_source)

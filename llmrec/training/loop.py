@@ -287,12 +287,17 @@ def train(
         from llmrec.modeling.build import build_model
 
         model, tokenizer = build_model(run_cfg.model, run_cfg.lora)
-    original_head = attach_head_for_format(run_cfg, model, tokenizer)
+    dataset = None  # the prepared dataset, read once here for whichever step below needs it
+    if data is None or train_cfg.format == "catalog":
+        from llmrec.data.dataset import PreparedDataset
+
+        dataset = PreparedDataset.load(run_cfg.data.prepared_dir)
+    original_head = attach_head_for_format(run_cfg, model, tokenizer, dataset)
     if eval_fn is None:
-        eval_fn = catalog_validation_fn(run_cfg, accelerator)
+        eval_fn = catalog_validation_fn(run_cfg, accelerator, dataset)
     if original_head is not None:
         loss_fn = feed_target_histories(loss_fn)  # a head with history_pool needs each target's earlier items
-    data = data if data is not None else build_data(run_cfg, tokenizer, next(model.parameters()).dtype)
+    data = data if data is not None else build_data(run_cfg, tokenizer, next(model.parameters()).dtype, dataset)
     loss_fn = compute_dtype_loss(loss_fn, model, accelerator, train_cfg.mixed_precision)
     train_loader = build_dataloader(data.train, data.collate, train_cfg.batch_size, True, train_cfg.seed,
                                     train_cfg.num_workers, train_cfg.group_by_length and not train_cfg.packing)

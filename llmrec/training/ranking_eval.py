@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from llmrec.config import PromptConfig
+from llmrec.config import PromptConfig, RunConfig
 from llmrec.data.dataset import PreparedDataset
 from llmrec.data.schema import Catalog, EvalCase, UserSequence
 
@@ -110,6 +110,27 @@ def build_ranker(
         return FullCatalogScorer(model, tokenizer, trie, render, batch_size=batch_size, add_special_tokens=special)
     return ConstrainedBeamRanker(model, tokenizer, trie, render, num_beams=num_beams, batch_size=batch_size,
                                  add_special_tokens=special)
+
+
+def run_ranking_eval_fn(
+    run_cfg: RunConfig,
+    dataset: PreparedDataset,
+    num_users: int | None,
+    num_beams: int = 20,
+    accelerator: Any | None = None,
+) -> Callable[[Any, Any], Mapping[str, float]]:
+    """:func:`ranking_eval_fn` ranking as a run of ``run_cfg`` ranks, seeded by ``train.seed``.
+
+    A ``train.format: catalog`` run is scored by its catalog head (``catalog_head.batch_size``
+    users per call); any other decoder run by trie-constrained beam search
+    (``generation.batch_size``). The benchmark's ``llm`` entries and ``train``'s own default for
+    catalog runs both validate through here, so they keep the same epoch for the same users.
+    """
+    catalog = run_cfg.train.format == "catalog"
+    return ranking_eval_fn(dataset, run_cfg.prompt, num_users=num_users, seed=run_cfg.train.seed,
+                           scoring="catalog_head" if catalog else "beam", num_beams=num_beams,
+                           batch_size=run_cfg.catalog_head.batch_size if catalog else run_cfg.generation.batch_size,
+                           accelerator=accelerator)
 
 
 def ranking_eval_fn(

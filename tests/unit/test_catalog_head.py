@@ -524,7 +524,7 @@ def test_export_writes_a_run_with_a_checkpoints_weights_or_their_mean(trained: d
 
 
 def test_llmrec_train_alone_validates_a_catalog_run_by_ranking(tmp_path: Path, dataset: PreparedDataset,
-                                                                 tokenizer_dir: Path):
+                                                                 tokenizer_dir: Path, monkeypatch: pytest.MonkeyPatch):
     """``llmrec train`` (no benchmark) ranks validation users after each epoch and keeps the best epoch."""
     from typer.testing import CliRunner
 
@@ -535,9 +535,18 @@ def test_llmrec_train_alone_validates_a_catalog_run_by_ranking(tmp_path: Path, d
     overrides = [*tiny_recipe_overrides(tokenizer_dir), "model.num_layers=1", f"data.prepared_dir={dataset.root}",
                  f"train.output_dir={out}", "train.max_steps=-1", "train.epochs=2", "train.eval_max_users=5",
                  "train.early_stopping_patience=0"]
+    loads: list[Path] = []
+    real_load = PreparedDataset.load.__func__  # type: ignore[attr-defined]
+
+    def counted_load(cls: type[PreparedDataset], root: str | Path, verify: bool = False) -> PreparedDataset:
+        loads.append(Path(root))
+        return real_load(cls, root, verify)
+
+    monkeypatch.setattr(PreparedDataset, "load", classmethod(counted_load))
     cli._register_all()
     result = CliRunner().invoke(cli.app, ["train", "--config", RECIPE, *overrides])
     assert result.exit_code == 0, result.output
+    assert loads == [dataset.root]  # head, examples and validation hook share one read of the prepared dataset
     evals = json.loads((out / "metrics.json").read_text())["evals"]
     assert len(evals) == 2 and all(e["valid_users"] == 5.0 and "ndcg@10" in e for e in evals)  # one per epoch
     metrics = json.loads((out / "metrics.json").read_text())
