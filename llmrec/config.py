@@ -62,6 +62,7 @@ class PromptConfig:
     include_time: bool = False  # render relative time ("3 days later")
     chat_format: str = "plain"  # plain | chat (tokenizer chat template, error if none) | auto (chat when it has one)
     max_examples_per_user: int = 0  # training examples per user, most recent first (0 = all): targets or windows
+    window_shifts: int = 1  # item_span/catalog training: cut each history into windows this many times, each cut shifted
 
 
 @dataclass
@@ -206,6 +207,11 @@ class RunConfig:
              "catalog_head.title_source needs train.format: catalog (no other format has a catalog head)"),
             (self.prompt.chat_format in ("plain", "chat", "auto"), "prompt.chat_format must be plain, chat or auto"),
             (self.prompt.max_history_items >= 0 and self.prompt.max_history_tokens >= 0, "prompt.max_history_items/tokens must be >= 0"),
+            (self.prompt.window_shifts >= 1, "prompt.window_shifts must be >= 1 (1 = one cut of each history into windows)"),
+            (self.prompt.window_shifts == 1 or self.train.format in ("item_span", "catalog"),
+             "prompt.window_shifts needs train.format item_span or catalog (the formats that cut histories into windows)"),
+            (self.prompt.window_shifts == 1 or self.prompt.max_history_items >= self.prompt.window_shifts + 1,
+             "prompt.window_shifts needs prompt.max_history_items >= window_shifts + 1 (distinct cuts of windows of two or more items)"),
             (self.model.kind in ("auto", "decoder", "encoder"), "model.kind must be auto, decoder or encoder"),
             (self.model.dtype in ("auto", "bf16", "fp16", "fp32"), "model.dtype must be auto, bf16, fp16 or fp32"),
             (not self.model.load_in_4bit or self.lora.enabled, "model.load_in_4bit (QLoRA) needs lora.enabled: true"),

@@ -48,31 +48,32 @@ from llmrec.modeling.catalog_head import (
 )
 from llmrec.prompts import load_template
 
-LAST = 5  # history items the probe's user reads
+LAST = 5  # history items the probe's user reads (--last)
 SIDES = ("linear", "mlp", "ids")
 RECIPE = Path(__file__).resolve().parents[1] / "configs" / "ml100k" / "smollm2-catalog.yaml"
 
 
 class MeanOfLastItems(nn.Module):
-    """User = linear map of the mean of the last ``LAST`` item vectors; ``score(histories) -> (B, N)``."""
+    """User = linear map of the mean of the last ``size`` item vectors; ``score(histories) -> (B, N)``."""
 
-    def __init__(self, head: CatalogHead, dim: int):
+    def __init__(self, head: CatalogHead, dim: int, size: int = LAST):
         super().__init__()
         self.head = head
+        self.size = size
         self.user = nn.Linear(dim, dim, bias=False)
         nn.init.eye_(self.user.weight)
 
-    def forward(self, last: torch.Tensor) -> torch.Tensor:  # (B, LAST) item indices, -1 = none
+    def forward(self, last: torch.Tensor) -> torch.Tensor:  # (B, size) item indices, -1 = none
         items = self.head.item_matrix()  # (N, d)
         return self.user(mean_item_vector(last, items)) @ items.T  # (B, N)
 
     @torch.no_grad()
     def score(self, histories: Sequence[UserSequence]) -> torch.Tensor:
-        return self(last_items([list(h.items) for h in histories]))
+        return self(last_items([list(h.items) for h in histories], self.size))
 
 
-def last_items(sequences: list[list[int]]) -> torch.Tensor:
-    return torch.tensor([latest(s, LAST) for s in sequences])
+def last_items(sequences: list[list[int]], size: int) -> torch.Tensor:
+    return torch.tensor([latest(s, size) for s in sequences])
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, float | str]]:
@@ -84,6 +85,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, float | str]]:
     parser.add_argument("--sides", nargs="+", choices=SIDES, default=list(SIDES), help="item sides to probe")
     parser.add_argument("--title-source", choices=("embeddings", "hidden"), default="embeddings",
                         help="title vectors: mean input embedding, or mean last hidden state of the title read alone")
+    parser.add_argument("--title-categories", action="store_true",
+                        help="title texts carry the item's categories (catalog_head.title_categories)")
+    parser.add_argument("--mlp-width", type=int, default=0, help="title MLP width of the mlp side (0 = twice the model width)")
+    parser.add_argument("--last", type=int, default=LAST, help="history items the probe's user averages")
     parser.add_argument("--out", type=Path)
     parser.add_argument("overrides", nargs="*", help="key.sub=value config overrides (e.g. a tiny model in tests)")
     args = parser.parse_args(argv)
@@ -91,7 +96,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, float | str]]:
     cfg: RunConfig = load_config([args.config], [*args.overrides, "model.dtype=fp32", "lora.enabled=false"])
     data = PreparedDataset.load(args.prepared)
     model, tokenizer = build_model(cfg.model, cfg.lora)
-    texts = title_texts(data.catalog, cfg.prompt, load_template(cfg.prompt.template, cfg.prompt.prompts_dir))
+    texts = title_texts(data.catalog, cfg.prompt, load_template(cfg.prompt.template, cfg.prompt.prompts_dir),
+                        categories=args.title_categories)
     if args.title_source == "hidden":
         titles = hidden_title_vectors(model.eval(), tokenizer, texts)
     else:
@@ -101,15 +107,15 @@ def main(argv: list[str] | None = None) -> list[dict[str, float | str]]:
     prefixes, targets = [], []
     for sequence in data.sequences(("train",)):
         for j in range(1, len(sequence.items)):
-            prefixes.append(list(sequence.items[max(0, j - LAST):j]))
+            prefixes.append(list(sequence.items[max(0, j - args.last):j]))
             targets.append(sequence.items[j])
-    inputs, labels = last_items(prefixes), torch.tensor(targets)
+    inputs, labels = last_items(prefixes, args.last), torch.tensor(targets)
     rows: list[dict[str, float | str]] = []
     for side in args.sides:
         torch.manual_seed(0)
-        width = 2 * titles.shape[1] if side == "mlp" else 0
+        width = (args.mlp_width or 2 * titles.shape[1]) if side == "mlp" else 0
         head = CatalogHead(titles, data.catalog.item_ids, residuals=side == "ids", mlp_hidden=width)
-        probe = MeanOfLastItems(head, titles.shape[1])
+        probe = MeanOfLastItems(head, titles.shape[1], args.last)
         optimizer = torch.optim.Adam(probe.parameters(), lr=1e-3)
         start = time.perf_counter()
         for _ in range(args.epochs):
@@ -125,7 +131,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, float | str]]:
               f"HR@10 {result.metrics['hr@10']:.4f}  ({time.perf_counter() - start:.0f} s)", flush=True)
     if args.out:
         write_json(args.out, {"config": str(args.config), "epochs": args.epochs, "seed": 0, "split": args.split,
-                              "title_source": args.title_source, "overrides": args.overrides, "rows": rows})
+                              "title_source": args.title_source,
+                              "title_categories": args.title_categories, "last": args.last,
+                              "mlp_width": args.mlp_width, "overrides": args.overrides, "rows": rows})
     return rows
 
 

@@ -17,6 +17,11 @@ Four formats (``fmt``):
   Consecutive windows overlap by one item: window ``[a, b)`` is followed by ``[a', a + 1)``, so
   every event but the user's first gets a loss exactly once, always with at least one item of
   context. ``prompt.max_examples_per_user = N > 0`` keeps the N most recent windows.
+  ``prompt.window_shifts = S > 1`` cuts each history S times, cut ``j`` starting with a most recent
+  window shorter by ``j * max_history_items // S`` items, so the window boundaries (and which
+  events open a window with no context) move between cuts: every event but the first gets a loss
+  S times, each time in a different window. The windows of all cuts form one set of examples
+  (one epoch over it does the work of S epochs over one cut).
 * ``catalog``: the windows of ``item_span``, but each line after the window's first carries one
   label, the item's **catalog index**, on its first token: the position before it (the previous
   line's newline) is trained to pick the item out of the whole catalog with the catalog head
@@ -203,13 +208,19 @@ class ExampleBuilder:
             yield Example(input_ids, labels, sequence.user_id, 1, prompt.text + completion)
 
     def item_span(self, sequence: UserSequence) -> Iterator[Example]:
-        """Windows of the history, most recent first; loss on each line but the window's first
-        (its tokens, or for ``catalog`` its item index on its first token)."""
+        """Windows of the history, most recent first, for each of the ``window_shifts`` cuts."""
         history = HistoryLines(sequence, self.catalog, self.template, self.tokenizer, self.cfg)
+        for shift in window_shift_sizes(self.cfg.max_history_items, self.cfg.window_shifts):
+            yield from self.item_span_cut(sequence, history, shift)
+
+    def item_span_cut(self, sequence: UserSequence, history: HistoryLines, shift: int) -> Iterator[Example]:
+        """One cut into windows, the most recent ``shift`` items shorter; loss on each line but the
+        window's first (its tokens, or for ``catalog`` its item index on its first token)."""
         budget = min(self.cfg.max_history_tokens, self.max_seq_len - self.fixed)
         end, emitted, most = len(sequence), 0, self.cfg.max_examples_per_user
         while end >= 2 and (most <= 0 or emitted < most):
-            start, lines = history.window(end, self.cfg.max_history_items, budget)
+            size = self.cfg.max_history_items - shift if emitted == 0 else self.cfg.max_history_items
+            start, lines = history.window(end, size, budget)
             if end - start < 2:  # the latest item cannot share a window with any context: skip it
                 end -= 1
                 continue
@@ -254,6 +265,20 @@ class ExampleBuilder:
     def _check_length(self, input_ids: list[int], user_id: str) -> None:
         if len(input_ids) > self.max_seq_len:
             raise RuntimeError(f"user {user_id}: example of {len(input_ids)} tokens exceeds max_seq_len={self.max_seq_len}")
+
+
+def window_shift_sizes(max_items: int, shifts: int) -> list[int]:
+    """How much shorter the most recent window of each cut is: ``j * max_items // shifts``, j < shifts.
+
+    Raises:
+        ValueError: ``shifts`` cuts that would not all differ, or leave a first window under two
+            items (``max_items < shifts + 1``; :meth:`llmrec.config.RunConfig.validate` says so first).
+    """
+    if shifts <= 1:
+        return [0]
+    if max_items < shifts + 1:
+        raise ValueError(f"window_shifts={shifts} needs max_history_items >= {shifts + 1}, got {max_items}")
+    return [j * max_items // shifts for j in range(shifts)]
 
 
 def _concat(pieces: Sequence[Sequence[int]]) -> list[int]:
