@@ -20,7 +20,8 @@ Four formats (``fmt``):
   ``prompt.window_shifts = S > 1`` cuts each history S times, cut ``j`` starting with a most recent
   window shorter by ``j * max_history_items // S`` items, so the window boundaries (and which
   events open a window with no context) move between cuts: every event but the first gets a loss
-  S times, each time in a different window. The windows of all cuts form one set of examples
+  S times, each time in a different window (but a history short enough to fit whole in the first
+  window of several cuts, which then repeats). The windows of all cuts form one set of examples
   (one epoch over it does the work of S epochs over one cut).
 * ``catalog``: the windows of ``item_span``, but each line after the window's first carries one
   label, the item's **catalog index**, on its first token: the position before it (the previous

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import re
+from collections import Counter
 
 import pandas as pd
 import pytest
 
-from llmrec.config import PromptConfig
+from llmrec.config import ConfigError, PromptConfig, load_config
 from llmrec.data.dataset import PreparedDataset, save_prepared
 from llmrec.data.schema import Catalog, Item
 from llmrec.prompts import PromptError
 from llmrec.serialize import completion_text, item_text
-from llmrec.training.examples import IGNORE_INDEX, build_examples
+from llmrec.training.examples import IGNORE_INDEX, build_examples, window_shift_sizes
 from tests.tiny import FIXTURE_TITLES
 
 LEAK_TITLES = ["Leaky Valid", "Leaky Test"]  # only ever valid/test targets: must never reach training text
@@ -124,6 +125,44 @@ def test_item_span_windows_label_every_event_but_the_first_once(tmp_path, tiny_t
     for user, sequence in train.items():
         expected = [item_text(data.catalog[i]) for i in sequence.items[1:]]
         assert sorted(labeled[user]) == sorted(expected)  # each event but the first exactly once
+
+
+def window_items(tokenizer, row) -> tuple[str, ...]:
+    """The titles of one item_span example's window, oldest first."""
+    return tuple(tokenizer.decode(row["input_ids"]).split("Watched movies:\n", 1)[1].splitlines())
+
+
+@pytest.mark.parametrize("fmt", ["item_span", "catalog"])
+def test_window_shifts_cut_each_history_again_with_moved_boundaries(tmp_path, tiny_tokenizer, fmt):
+    data = make_dataset(tmp_path / "data")
+    one = build_examples(data, tiny_tokenizer, PromptConfig(max_history_items=4), fmt, max_seq_len=256)
+    three = build_examples(data, tiny_tokenizer, PromptConfig(max_history_items=4, window_shifts=3), fmt, max_seq_len=256)
+    first_cut = {(r["user_id"], window_items(tiny_tokenizer, r)) for r in one}
+    windows = [(r["user_id"], window_items(tiny_tokenizer, r)) for r in three]
+    assert first_cut <= set(windows)  # cut 0 is the single cut
+    assert all(2 <= len(items) <= 4 for _, items in windows)
+    train = {s.user_id: s for s in data.sequences(("train",))}
+    repeated = [w for w, count in Counter(windows).items() if count > 1]
+    assert len(set(windows)) > len(first_cut)  # the other cuts move the boundaries
+    for user, items in repeated:  # a window recurs only where a whole short history fits in it
+        assert items == tuple(item_text(data.catalog[i]) for i in train[user].items)
+    for user, sequence in train.items():  # every event but the first is a target once per cut
+        targets = [t for r in three if r["user_id"] == user for t in window_items(tiny_tokenizer, r)[1:]]
+        assert sorted(targets) == sorted(3 * [item_text(data.catalog[i]) for i in sequence.items[1:]])
+    assert sum(three["num_targets"]) == 3 * sum(one["num_targets"])
+
+
+def test_window_shift_sizes_and_their_config_checks():
+    assert window_shift_sizes(20, 1) == [0]
+    assert window_shift_sizes(20, 3) == [0, 6, 13]
+    assert window_shift_sizes(4, 3) == [0, 1, 2]
+    with pytest.raises(ValueError, match="max_history_items >= 4"):
+        window_shift_sizes(3, 3)
+    for overrides, message in ((["prompt.window_shifts=0"], "window_shifts must be >= 1"),
+                               (["prompt.window_shifts=2", "train.format=prompt_completion"], "needs train.format item_span or catalog"),
+                               (["prompt.window_shifts=3", "prompt.max_history_items=3"], "max_history_items >= window_shifts")):
+        with pytest.raises(ConfigError, match=message):
+            load_config([], overrides)
 
 
 def test_cache_is_reused_and_keyed_by_settings(tmp_path, tiny_tokenizer):
