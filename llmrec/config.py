@@ -411,6 +411,23 @@ def load_benchmark_recipe(
     return config
 
 
+# Fields added to RunConfig after run directories and reports were written, each with the default
+# that does what runs did before it existed. A saved config.yaml without one and a config holding it
+# at this default describe the same recipe: saved-config comparisons and recipe digests leave them out
+# (:func:`comparable`), so that finished runs still reload, interrupted ones still resume and a new
+# seed of an old recipe still merges with the old seeds' reports. Add each new field here.
+LATER_DEFAULTS: dict[tuple[str, str], Any] = {("prompt", "window_shifts"): 1}
+
+
+def comparable(tree: Mapping[str, Any]) -> dict[str, Any]:
+    """A config as a plain dict (``config.yaml`` read back) without the :data:`LATER_DEFAULTS` at their default."""
+    out = {key: dict(value) if isinstance(value, Mapping) else value for key, value in tree.items()}
+    for (section, key), default in LATER_DEFAULTS.items():
+        if isinstance(out.get(section), dict) and out[section].get(key, default) == default:
+            out[section].pop(key, None)
+    return out
+
+
 def to_dict(config: Any) -> dict[str, Any]:
     """Plain-dict form of a config dataclass (what a run directory stores as config.yaml)."""
     return dataclasses.asdict(config)

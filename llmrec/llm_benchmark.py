@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from llmrec.config import ConfigError, RunConfig, load_benchmark_recipe
+from llmrec.config import ConfigError, RunConfig, comparable, load_benchmark_recipe
 from llmrec.data.dataset import PreparedDataset
 from llmrec.data.schema import UserSequence
 from llmrec.io import write_json
@@ -92,14 +92,16 @@ def recipe_digest(run_dir: Path) -> str | None:
     """SHA-256 of the run's resolved ``config.yaml`` without its per-run keys (:data:`PER_RUN_KEYS`).
 
     Two seeds of one recipe share the digest; an edit to the recipe's content changes it even when
-    the benchmark entry names the same files (None: the run directory has no config.yaml).
+    the benchmark entry names the same files (None: the run directory has no config.yaml). Fields
+    added to the schema later are left out at their default (:func:`llmrec.config.comparable`), so a
+    run written before one existed and a run written after share the digest.
     """
     import yaml
 
     path = run_dir / "config.yaml"
     if not path.is_file():
         return None
-    tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    tree = comparable(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
     for section, key in PER_RUN_KEYS:
         if isinstance(tree.get(section), dict):
             tree[section].pop(key, None)

@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from llmrec.config import PromptConfig, RunConfig, dump_yaml
+from llmrec.config import PromptConfig, RunConfig, comparable, dump_yaml
 from llmrec.io import atomic_dir, atomic_file, write_json
 
 INCOMPLETE_MARKER = ".incomplete"
@@ -133,9 +133,14 @@ def is_finished_run_of(run_dir: Path, config: RunConfig) -> bool:
 
 
 def _holds_config(run_dir: Path, config: RunConfig) -> bool:
-    """Whether ``RUN/config.yaml`` is exactly ``config`` as the run would write it."""
+    """Whether ``RUN/config.yaml`` is ``config`` as the run would write it (fields added to the schema
+    since, at their default, aside: :func:`llmrec.config.comparable`)."""
+    import yaml
+
     saved = run_dir / "config.yaml"
-    return saved.is_file() and saved.read_text(encoding="utf-8") == dump_yaml(config)
+    if not saved.is_file():
+        return False
+    return comparable(yaml.safe_load(saved.read_text(encoding="utf-8")) or {}) == comparable(yaml.safe_load(dump_yaml(config)))
 
 
 def resume_or_start(run_dir: Path, config: RunConfig) -> bool:

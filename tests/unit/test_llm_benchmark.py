@@ -31,6 +31,7 @@ from llmrec.llm_benchmark import (
     train_counts,
 )
 from llmrec.training.ranking_eval import build_ranker, ranking_eval_fn, sample_cases
+from llmrec.training.run_dir import is_finished_run_of
 from tests.fixtures_run import _tokenizer, build_dataset
 from tests.tiny import tiny_llama
 from tests.unit.train_helpers import tiny_recipe_overrides
@@ -59,6 +60,27 @@ def trained(tmp_path_factory: pytest.TempPathFactory, dataset: PreparedDataset, 
               "valid_users": 5, "device": "cpu", "num_beams": 20}
     ranker = build_and_train(dataset, params, seed=0)
     return {"ranker": ranker, "params": params, "run_dir": out}
+
+
+def test_a_run_written_before_a_schema_field_existed_is_the_same_recipe(trained: dict[str, Any], dataset: PreparedDataset,
+                                                                         tmp_path: Path):
+    """config.LATER_DEFAULTS: a config.yaml without prompt.window_shifts (written before it existed)
+    still reloads as the recipe's finished run and keeps the recipe's digest; another value does not."""
+    import shutil
+
+    import yaml
+
+    old = tmp_path / "old"
+    shutil.copytree(trained["run_dir"], old)
+    tree = yaml.safe_load((old / "config.yaml").read_text())
+    assert tree["prompt"].pop("window_shifts") == 1
+    (old / "config.yaml").write_text(yaml.safe_dump(tree, sort_keys=False))
+    cfg = recipe_config(parse_params(trained["params"]), dataset, seed=0)
+    assert is_finished_run_of(trained["run_dir"], cfg) and is_finished_run_of(old, cfg)
+    assert recipe_digest(old) == recipe_digest(trained["run_dir"])
+    tree["prompt"]["window_shifts"] = 3
+    (old / "config.yaml").write_text(yaml.safe_dump(tree, sort_keys=False))
+    assert not is_finished_run_of(old, cfg) and recipe_digest(old) != recipe_digest(trained["run_dir"])
 
 
 def test_registry_has_the_llm_entries():
