@@ -25,6 +25,7 @@ the title vectors rather than the pooled mean, and in an identity-initialised ma
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,9 +33,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from llmrec.config import RunConfig, load_config
+from llmrec.config import PromptConfig, RunConfig, load_config
 from llmrec.data.dataset import PreparedDataset
-from llmrec.data.schema import UserSequence
+from llmrec.data.schema import Catalog, UserSequence
 from llmrec.evaluation.evaluate import evaluate
 from llmrec.io import write_json
 from llmrec.modeling.build import build_model
@@ -46,7 +47,8 @@ from llmrec.modeling.catalog_head import (
     title_texts,
     title_vectors,
 )
-from llmrec.prompts import load_template
+from llmrec.prompts import PromptTemplate, load_template
+from llmrec.serialize import target_item
 
 LAST = 5  # history items the probe's user reads (--last)
 SIDES = ("linear", "mlp", "ids")
@@ -76,6 +78,15 @@ def last_items(sequences: list[list[int]], size: int) -> torch.Tensor:
     return torch.tensor([latest(s, size) for s in sequences])
 
 
+def probe_texts(catalog: Catalog, prompt_cfg: PromptConfig, template: PromptTemplate, categories: bool) -> list[str]:
+    """The recipe's title texts; with ``categories``, each item's history line with its categories
+    and no interaction field, whatever ``prompt.include_categories`` says (the prompt is not probed)."""
+    if not categories:
+        return title_texts(catalog, prompt_cfg, template)
+    with_categories = dataclasses.replace(prompt_cfg, include_categories=True)
+    return [template.item_line(target_item(item, with_categories)).rstrip("\n") for item in catalog]
+
+
 def main(argv: list[str] | None = None) -> list[dict[str, float | str]]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, default=RECIPE, help="the recipe whose title format and model are probed")
@@ -86,7 +97,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, float | str]]:
     parser.add_argument("--title-source", choices=("embeddings", "hidden"), default="embeddings",
                         help="title vectors: mean input embedding, or mean last hidden state of the title read alone")
     parser.add_argument("--title-categories", action="store_true",
-                        help="title texts carry the item's categories (catalog_head.title_categories)")
+                        help="title texts carry the item's categories (Heat (1995) | Action, Crime, Thriller)")
     parser.add_argument("--mlp-width", type=int, default=0, help="title MLP width of the mlp side (0 = twice the model width)")
     parser.add_argument("--last", type=int, default=LAST, help="history items the probe's user averages")
     parser.add_argument("--out", type=Path)
@@ -96,8 +107,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, float | str]]:
     cfg: RunConfig = load_config([args.config], [*args.overrides, "model.dtype=fp32", "lora.enabled=false"])
     data = PreparedDataset.load(args.prepared)
     model, tokenizer = build_model(cfg.model, cfg.lora)
-    texts = title_texts(data.catalog, cfg.prompt, load_template(cfg.prompt.template, cfg.prompt.prompts_dir),
-                        categories=args.title_categories)
+    texts = probe_texts(data.catalog, cfg.prompt, load_template(cfg.prompt.template, cfg.prompt.prompts_dir),
+                        args.title_categories)
     if args.title_source == "hidden":
         titles = hidden_title_vectors(model.eval(), tokenizer, texts)
     else:

@@ -40,7 +40,6 @@ state in ``catalog_head.pt`` (title vectors are recomputed from the base weights
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -240,18 +239,10 @@ def feed_target_histories(loss_fn: LossFunction) -> LossFunction:
     return loss
 
 
-def title_texts(catalog: Catalog, prompt_cfg: Any, template: Any, categories: bool = False) -> list[str]:
-    """Each item's title exactly as a history line starts with it (the completion minus its newline).
+def title_texts(catalog: Catalog, prompt_cfg: Any, template: Any) -> list[str]:
+    """Each item's title exactly as a history line starts with it (the completion minus its newline)."""
+    from llmrec.serialize import completion_text
 
-    With ``categories`` the text is the item's history line with its categories and no interaction
-    field (``"Heat (1995) | Action, Crime, Thriller"`` in ``next_item``), whatever
-    ``prompt_cfg.include_categories`` says: the prompt stays as configured, only the item side reads them.
-    """
-    from llmrec.serialize import completion_text, target_item
-
-    if categories:
-        with_categories = dataclasses.replace(prompt_cfg, include_categories=True)
-        return [template.item_line(target_item(item, with_categories)).rstrip("\n") for item in catalog]
     return [completion_text(item, prompt_cfg, template).rstrip("\n") for item in catalog]
 
 

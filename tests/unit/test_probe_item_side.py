@@ -34,3 +34,35 @@ def test_probe_scores_the_chosen_sides_on_the_test_split(tmp_path: Path, tiny_to
     assert 0.0 <= float(rows[0]["test_ndcg@10"]) <= 1.0
     report = json.loads((tmp_path / "probe.json").read_text())
     assert report["split"] == "test" and report["title_source"] == "hidden"
+
+
+def test_probe_flags_change_what_is_probed_and_are_recorded(tmp_path: Path, tiny_tokenizer) -> None:
+    data = tmp_path / "data"
+    build_dataset(data)
+    arch = json.dumps(TINY_LLAMA).replace(" ", "")
+    model = [f"model.name_or_path={save_tokenizer(tiny_tokenizer, tmp_path)}", f"model.random_init_config={arch}"]
+    def probe(*flags: str) -> tuple[float, dict]:
+        out = tmp_path / f"probe{len(list(tmp_path.glob('probe*.json')))}.json"
+        (row,) = main(["--prepared", str(data), "--epochs", "1", "--sides", "mlp", *flags, "--out", str(out), *model])
+        return float(row["train_loss"]), json.loads(out.read_text())
+    base, report = probe()
+    assert (report["title_categories"], report["last"], report["mlp_width"]) == (False, 5, 0)
+    for flags, key, value in ((["--title-categories"], "title_categories", True), (["--last", "2"], "last", 2),
+                              (["--mlp-width", "24"], "mlp_width", 24)):
+        loss, report = probe(*flags)
+        assert report[key] == value and loss != base  # each flag changes the probe's training
+
+
+def test_probe_texts_with_categories_are_history_lines_without_interaction_fields(tmp_path: Path) -> None:
+    from llmrec.config import PromptConfig
+    from llmrec.data.dataset import PreparedDataset
+    from llmrec.prompts import load_template
+    from scripts.probe_item_side import probe_texts
+
+    build_dataset(tmp_path / "data")
+    catalog = PreparedDataset.load(tmp_path / "data").catalog
+    template = load_template("next_item")
+    plain = probe_texts(catalog, PromptConfig(), template, categories=False)
+    with_categories = probe_texts(catalog, PromptConfig(include_rating=True), template, categories=True)
+    for item, title, line in zip(catalog, plain, with_categories, strict=True):
+        assert line == f"{title} | {', '.join(item.categories)}" if item.categories else line == title
