@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any
 
 import datasets
 
-from llmrec.config import PromptConfig
+from llmrec.config import PromptConfig, comparable
 from llmrec.data.dataset import PreparedDataset
 from llmrec.data.schema import UserSequence
 from llmrec.io import sha256_file, stable_hash, write_json
@@ -319,7 +319,8 @@ def dataset_checksums(dataset: PreparedDataset) -> dict[str, str]:
 
 def examples_cache_key(dataset: PreparedDataset, template: PromptTemplate, tokenizer: Any, cfg: PromptConfig, fmt: str, max_seq_len: int) -> str:
     """Stable hash of everything that determines the examples."""
-    settings = dataclasses.asdict(cfg)
+    # fields added later are left out at their default, so caches built before them stay valid
+    settings = comparable({"prompt": dataclasses.asdict(cfg)})["prompt"]
     settings.pop("prompts_dir", None)  # the template text is hashed instead of where it lives
     return stable_hash(
         {

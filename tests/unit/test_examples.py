@@ -181,6 +181,32 @@ def test_cache_is_reused_and_keyed_by_settings(tmp_path, tiny_tokenizer):
     assert len(list(cache.iterdir())) == 4
 
 
+def test_cache_key_ignores_fields_added_later_at_their_default(tmp_path, tiny_tokenizer, monkeypatch):
+    """A cache written before ``prompt.window_shifts`` existed is the one a default config finds."""
+    import dataclasses
+
+    from llmrec.prompts import load_template
+    from llmrec.training.examples import examples_cache_key
+
+    data = make_dataset(tmp_path / "data")
+    template = load_template(PromptConfig().template, PromptConfig().prompts_dir)
+
+    def key(cfg: PromptConfig) -> str:
+        return examples_cache_key(data, template, tiny_tokenizer, cfg, "item_span", 256)
+
+    now, shifted = key(PromptConfig()), key(PromptConfig(window_shifts=3))
+    real_asdict = dataclasses.asdict
+
+    def old_schema(obj):
+        tree = real_asdict(obj)
+        tree.pop("window_shifts", None)
+        return tree
+
+    monkeypatch.setattr(dataclasses, "asdict", old_schema)
+    assert key(PromptConfig()) == now
+    assert shifted != now
+
+
 def test_bad_inputs_fail_clearly(tmp_path, tiny_tokenizer):
     data = make_dataset(tmp_path / "data")
     with pytest.raises(ValueError, match="fmt must be one of"):
