@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections import Counter
 
@@ -11,9 +12,9 @@ import pytest
 from llmrec.config import ConfigError, PromptConfig, load_config
 from llmrec.data.dataset import PreparedDataset, save_prepared
 from llmrec.data.schema import Catalog, Item
-from llmrec.prompts import PromptError
+from llmrec.prompts import PromptError, load_template
 from llmrec.serialize import completion_text, item_text
-from llmrec.training.examples import IGNORE_INDEX, build_examples, window_shift_sizes
+from llmrec.training.examples import IGNORE_INDEX, build_examples, examples_cache_key, window_shift_sizes
 from tests.tiny import FIXTURE_TITLES
 
 LEAK_TITLES = ["Leaky Valid", "Leaky Test"]  # only ever valid/test targets: must never reach training text
@@ -183,11 +184,6 @@ def test_cache_is_reused_and_keyed_by_settings(tmp_path, tiny_tokenizer):
 
 def test_cache_key_ignores_fields_added_later_at_their_default(tmp_path, tiny_tokenizer, monkeypatch):
     """A cache written before ``prompt.window_shifts`` existed is the one a default config finds."""
-    import dataclasses
-
-    from llmrec.prompts import load_template
-    from llmrec.training.examples import examples_cache_key
-
     data = make_dataset(tmp_path / "data")
     template = load_template(PromptConfig().template, PromptConfig().prompts_dir)
 
