@@ -160,9 +160,12 @@ class CatalogHeadConfig:
     title_source: str = "embeddings"  # title vectors: embeddings (mean input embedding) | hidden (mean last hidden state of the title read alone)
     batch_size: int = 16  # users per forward pass when ranking
     learning_rate: float | None = None  # peak learning rate of the head's parameters (None = train.learning_rate)
+    # Ranking only: score each history once per entry, its prompt cut to that many latest items (as
+    # prompt.max_history_items would), and rank by the mean log-softmax over the views ([] = the prompt alone).
+    history_views: list[int] = field(default_factory=list)
 
     def validate(self) -> None:
-        """Positive batch size and learning rate, non-negative MLP width and history pool, a known title source."""
+        """Positive batch size, learning rate and views, non-negative MLP width and history pool, a known title source."""
         if self.title_mlp < 0:
             raise ConfigError("catalog_head.title_mlp must be >= 0 (0 = no title MLP)")
         if self.history_pool < 0:
@@ -173,6 +176,10 @@ class CatalogHeadConfig:
             raise ConfigError("catalog_head.batch_size must be > 0")
         if self.learning_rate is not None and self.learning_rate <= 0:
             raise ConfigError("catalog_head.learning_rate must be > 0 (or null for train.learning_rate)")
+        if any(not isinstance(v, int) or isinstance(v, bool) or v <= 0 for v in self.history_views):
+            raise ConfigError(f"catalog_head.history_views must be positive item counts, got {self.history_views}")
+        if len(set(self.history_views)) != len(self.history_views):
+            raise ConfigError(f"catalog_head.history_views lists a view twice: {self.history_views}")
 
 
 @dataclass
@@ -205,6 +212,8 @@ class RunConfig:
              "catalog_head.learning_rate needs train.format: catalog (no other format has a catalog head)"),
             (self.catalog_head.title_source == "embeddings" or self.train.format == "catalog",
              "catalog_head.title_source needs train.format: catalog (no other format has a catalog head)"),
+            (not self.catalog_head.history_views or self.train.format == "catalog",
+             "catalog_head.history_views needs train.format: catalog (no other format has a catalog head)"),
             (self.prompt.chat_format in ("plain", "chat", "auto"), "prompt.chat_format must be plain, chat or auto"),
             (self.prompt.max_history_items >= 0 and self.prompt.max_history_tokens >= 0, "prompt.max_history_items/tokens must be >= 0"),
             (self.prompt.window_shifts >= 1, "prompt.window_shifts must be >= 1 (1 = one cut of each history into windows)"),
@@ -416,7 +425,7 @@ def load_benchmark_recipe(
 # at this default describe the same recipe: saved-config comparisons and recipe digests leave them out
 # (:func:`comparable`), so that finished runs still reload, interrupted ones still resume and a new
 # seed of an old recipe still merges with the old seeds' reports. Add each new field here.
-LATER_DEFAULTS: dict[tuple[str, str], Any] = {("prompt", "window_shifts"): 1}
+LATER_DEFAULTS: dict[tuple[str, str], Any] = {("prompt", "window_shifts"): 1, ("catalog_head", "history_views"): []}
 
 
 def comparable(tree: Mapping[str, Any]) -> dict[str, Any]:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +95,8 @@ def read_run_info(run_dir: Path) -> RunInfo:
                    catalog_fingerprint=raw["catalog_fingerprint"], raw=raw)
 
 
-INFERENCE_OVERRIDES = ("prompt.max_history_items", "prompt.max_history_tokens", "generation.", "catalog_head.batch_size")
+INFERENCE_OVERRIDES = ("prompt.max_history_items", "prompt.max_history_tokens", "generation.", "catalog_head.batch_size",
+                       "catalog_head.history_views")
 
 
 def read_run_config(run_dir: Path, overrides: Sequence[str] = ()) -> RunConfig:
@@ -243,7 +244,8 @@ def _catalog_head_scorer(info: RunInfo, config: RunConfig, dataset: PreparedData
     if scoring not in ("auto", "catalog_head"):
         raise ValueError(f"scoring={scoring!r}: run {info.path} has a catalog head, which scores the whole catalog (use auto or catalog_head)")
     head = load_catalog_head(info.path / CATALOG_HEAD_FILE, model, tokenizer, dataset.catalog, config.prompt)
-    return CatalogHeadScorer(model, tokenizer, head, prompts.next_item, batch_size=config.catalog_head.batch_size,
+    return CatalogHeadScorer(model, tokenizer, head, prompts.next_item_views(config.catalog_head.history_views),
+                             batch_size=config.catalog_head.batch_size,
                              add_special_tokens=prompts.add_special_tokens)
 
 
@@ -255,8 +257,6 @@ def load_decoder_model(info: RunInfo, config: RunConfig, device: torch.device, m
     also round-trip every activation through fp32). The weights are rounded once to the base's
     dtype; ``merge=False`` keeps the ``PeftModel``.
     """
-    from dataclasses import replace
-
     from peft import PeftModel
     from transformers import AutoTokenizer
 
@@ -325,6 +325,20 @@ class DecoderPrompts:
         from llmrec.serialize import render_prompt
 
         return render_prompt(history, self.catalog, self.next_template, self.tokenizer, self.config.prompt)
+
+    def next_item_views(self, views: Sequence[int]) -> list[Callable[[UserSequence], str]]:
+        """:meth:`next_item` once per view (``catalog_head.history_views``), each with
+        ``prompt.max_history_items`` set to the view's item count; no views: ``[next_item]``."""
+        from llmrec.serialize import render_prompt
+
+        if not views:
+            return [self.next_item]
+
+        def view(count: int) -> Callable[[UserSequence], str]:
+            cfg = replace(self.config.prompt, max_history_items=count)
+            return lambda history: render_prompt(history, self.catalog, self.next_template, self.tokenizer, cfg)
+
+        return [view(count) for count in views]
 
     @property
     def add_special_tokens(self) -> bool:

@@ -442,26 +442,34 @@ class CatalogHeadScorer:
         model: the decoder (PEFT-wrapped or merged), in eval mode.
         tokenizer: its tokenizer.
         head: the trained :class:`CatalogHead` for the catalog being ranked.
-        render: ``history -> prompt text`` (the run's template; the prompt ends where a title would start).
+        render: ``history -> prompt text`` (the run's template; the prompt ends where a title would start),
+            or several such functions, one per view of the history (``catalog_head.history_views``:
+            the same prompt cut to fewer latest items). With more than one, an item's score is its
+            mean log-softmax over the views: the product of the views' distributions, renormalised.
         batch_size: users per forward pass.
         add_special_tokens: tokenize prompts as training did.
     """
 
-    def __init__(self, model: Any, tokenizer: Any, head: CatalogHead, render: Callable[[UserSequence], str],
+    def __init__(self, model: Any, tokenizer: Any, head: CatalogHead,
+                 render: Callable[[UserSequence], str] | Sequence[Callable[[UserSequence], str]],
                  batch_size: int = 16, add_special_tokens: bool = True):
         self.model = model
         self.tokenizer = tokenizer
         self.head = head
-        self.render = render
+        self.renders = [render] if callable(render) else list(render)
+        if not self.renders:
+            raise ValueError("CatalogHeadScorer needs at least one render function")
+        self.render = self.renders[0]
         self.batch_size = batch_size
         self.add_special_tokens = add_special_tokens
         self.backbone = _backbone(model)
 
     @torch.no_grad()
-    def hidden(self, histories: Sequence[UserSequence]) -> torch.Tensor:
-        """``(B, d)`` last hidden state after each history's prompt."""
+    def hidden(self, histories: Sequence[UserSequence], render: Callable[[UserSequence], str] | None = None) -> torch.Tensor:
+        """``(B, d)`` last hidden state after each history's prompt (``render``: the first view's)."""
         device = self.head.device
-        batch = self.tokenizer([self.render(h) for h in histories], return_tensors="pt", padding=True,
+        render = self.render if render is None else render
+        batch = self.tokenizer([render(h) for h in histories], return_tensors="pt", padding=True,
                                add_special_tokens=self.add_special_tokens)
         mask = batch["attention_mask"].to(device)
         positions = (mask.long().cumsum(dim=1) - 1).clamp(min=0)  # left padding must not shift positions
@@ -479,5 +487,11 @@ class CatalogHeadScorer:
         chunks = []
         for start in range(0, len(histories), self.batch_size):
             batch = histories[start:start + self.batch_size]
-            chunks.append(self.head(self.hidden(batch), items, self.head.recent(batch)).float().cpu())
+            recent = self.head.recent(batch)  # the pool reads the history, not the prompt: the same in every view
+            if len(self.renders) == 1:
+                chunks.append(self.head(self.hidden(batch), items, recent).float().cpu())
+                continue
+            views = [torch.log_softmax(self.head(self.hidden(batch, render), items, recent).float(), dim=-1)
+                     for render in self.renders]
+            chunks.append(torch.stack(views).mean(dim=0).cpu())
         return torch.cat(chunks)

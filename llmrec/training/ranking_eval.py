@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -55,6 +56,14 @@ def prompt_function(catalog: Catalog, prompt_cfg: PromptConfig, tokenizer: Any) 
     return render
 
 
+def view_renders(catalog: Catalog, prompt_cfg: PromptConfig, tokenizer: Any, views: Sequence[int]) -> list[Callable[[UserSequence], str]]:
+    """One ``history -> prompt text`` per view (``catalog_head.history_views``): the prompt with
+    ``prompt.max_history_items`` set to the view's item count; no views: the prompt as configured."""
+    if not views:
+        return [prompt_function(catalog, prompt_cfg, tokenizer)]
+    return [prompt_function(catalog, replace(prompt_cfg, max_history_items=count), tokenizer) for count in views]
+
+
 def catalog_trie(catalog: Catalog, prompt_cfg: PromptConfig, tokenizer: Any, vocab_size: int) -> Any:
     """Item trie of every catalog completion, tokenized after the last line prompts end with."""
     from llmrec.generation.trie import build_item_trie
@@ -77,6 +86,7 @@ def build_ranker(
     scoring: str = "beam",
     num_beams: int = 20,
     batch_size: int = 8,
+    history_views: Sequence[int] = (),
 ) -> Any:
     """The constrained ranker of a (possibly still training) decoder: a TopKRanker or CatalogScorer.
 
@@ -90,6 +100,8 @@ def build_ranker(
             catalog head a ``train.format: catalog`` model carries, a CatalogScorer).
         num_beams: beams of the search (raised to K by the ranker when K is larger).
         batch_size: users per model call.
+        history_views: ``catalog_head`` only: rank by the mean log-softmax over these prompt
+            windows (``catalog_head.history_views``; empty: the configured window alone).
     """
     from llmrec.generation.decode import ConstrainedBeamRanker, FullCatalogScorer
     from llmrec.serialize import prompt_adds_special_tokens
@@ -104,7 +116,8 @@ def build_ranker(
         head = attached_head(model)
         if head is None:
             raise ValueError("scoring=catalog_head needs a model trained with train.format: catalog (no catalog head attached)")
-        return CatalogHeadScorer(model, tokenizer, head, render, batch_size=batch_size, add_special_tokens=special)
+        renders = view_renders(catalog, prompt_cfg, tokenizer, history_views)
+        return CatalogHeadScorer(model, tokenizer, head, renders, batch_size=batch_size, add_special_tokens=special)
     trie = catalog_trie(catalog, prompt_cfg, tokenizer, model.get_input_embeddings().weight.shape[0])
     if scoring == "full_catalog":
         return FullCatalogScorer(model, tokenizer, trie, render, batch_size=batch_size, add_special_tokens=special)
@@ -122,7 +135,7 @@ def run_ranking_eval_fn(
     """:func:`ranking_eval_fn` ranking as a run of ``run_cfg`` ranks, seeded by ``train.seed``.
 
     A ``train.format: catalog`` run is scored by its catalog head (``catalog_head.batch_size``
-    users per call); any other decoder run by trie-constrained beam search
+    users per call, over ``catalog_head.history_views``); any other decoder run by trie-constrained beam search
     (``generation.batch_size``). The benchmark's ``llm`` entries and ``train``'s own default for
     catalog runs both validate through here, so they keep the same epoch for the same users.
     """
@@ -130,7 +143,8 @@ def run_ranking_eval_fn(
     return ranking_eval_fn(dataset, run_cfg.prompt, num_users=num_users, seed=run_cfg.train.seed,
                            scoring="catalog_head" if catalog else "beam", num_beams=num_beams,
                            batch_size=run_cfg.catalog_head.batch_size if catalog else run_cfg.generation.batch_size,
-                           accelerator=accelerator)
+                           accelerator=accelerator,
+                           history_views=run_cfg.catalog_head.history_views if catalog else ())
 
 
 def ranking_eval_fn(
@@ -144,6 +158,7 @@ def ranking_eval_fn(
     batch_size: int = 8,
     exclude_history: bool = True,
     accelerator: Any | None = None,
+    history_views: Sequence[int] = (),
 ) -> Callable[[Any, Any], Mapping[str, float]]:
     """The loop's ``eval_fn``: validation ranking metrics of the model as it is now.
 
@@ -158,6 +173,8 @@ def ranking_eval_fn(
         batch_size: users per model call.
         exclude_history: never rank items of the user's own history.
         accelerator: shard the users over processes and gather (every process must call the hook).
+        history_views: ``catalog_head`` only: the prompt windows whose scores are averaged (see
+            :func:`build_ranker`), so that validation ranks as the saved run will.
 
     Returns:
         ``eval_fn(model, tokenizer) -> {"ndcg@10", "ndcg@10_se", "hr@10", "mrr@10", ..., "valid_item_rate", "rank_seconds"}``
@@ -173,7 +190,8 @@ def ranking_eval_fn(
     catalog = dataset.catalog
 
     def eval_fn(model: Any, tokenizer: Any) -> Mapping[str, float]:
-        ranker = build_ranker(model, tokenizer, catalog, prompt_cfg, scoring, max(num_beams, max(cutoffs)), batch_size)
+        ranker = build_ranker(model, tokenizer, catalog, prompt_cfg, scoring, max(num_beams, max(cutoffs)), batch_size,
+                              history_views)
         started = time.perf_counter()
         result = evaluate(ranker, cases, len(catalog), ks=cutoffs, exclude_history=exclude_history,
                           batch_size=batch_size, accelerator=accelerator)

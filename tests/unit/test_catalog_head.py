@@ -38,7 +38,7 @@ from llmrec.prompts import load_template
 from llmrec.recommender import Recommender
 from llmrec.training.examples import IGNORE_INDEX, ExampleBuilder, training_sequences
 from llmrec.training.loss import causal_lm_loss_on_labels
-from llmrec.training.ranking_eval import prompt_function
+from llmrec.training.ranking_eval import prompt_function, view_renders
 from tests.fixtures_run import _tokenizer, build_dataset
 from tests.tiny import tiny_llama
 from tests.unit.train_helpers import tiny_recipe_overrides
@@ -365,6 +365,37 @@ def test_a_loaded_run_reads_a_longer_or_shorter_history_only_when_asked(trained:
         Recommender.load(run_dir, device="cpu", overrides=["catalog_head.title_mlp=0"])
 
 
+def test_history_views_rank_by_the_mean_log_softmax_of_each_window(dataset: PreparedDataset, tokenizer: Any):
+    model = tiny_llama(len(tokenizer)).eval()
+    head = build_catalog_head(model, tokenizer, dataset.catalog, prompt_cfg(), residuals=False)
+    renders = view_renders(dataset.catalog, prompt_cfg(), tokenizer, [6, 2])
+    histories = [case.history for case in dataset.eval_cases("test")[:3]]
+    assert all(len(h.items) > 2 for h in histories)
+    # each view is the prompt with its own item budget: the 2-item view is the 6-item one's tail
+    long, short = (render(histories[0]) for render in renders)
+    assert long != short and long.startswith(short.split("\n")[0]) and long.endswith(short.split("\n", 2)[-1])
+    assert view_renders(dataset.catalog, prompt_cfg(), tokenizer, [])[0](histories[0]) == long  # no views: the prompt
+    both = CatalogHeadScorer(model, tokenizer, head, renders, batch_size=2).score(histories)
+    alone = [CatalogHeadScorer(model, tokenizer, head, render, batch_size=2).score(histories) for render in renders]
+    assert not torch.allclose(alone[0], alone[1])
+    expected = (torch.log_softmax(alone[0], dim=-1) + torch.log_softmax(alone[1], dim=-1)) / 2
+    torch.testing.assert_close(both, expected, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="at least one render"):
+        CatalogHeadScorer(model, tokenizer, head, [])
+
+
+def test_a_loaded_run_ranks_over_history_views_only_when_asked(trained: dict[str, Any], dataset: PreparedDataset):
+    run_dir = trained["ranker"].run_dir
+    history = dataset.eval_cases("test")[0].history
+    default = Recommender.load(run_dir, device="cpu")
+    viewed = Recommender.load(run_dir, device="cpu", overrides=["catalog_head.history_views=[6, 2]"])
+    assert default.run is not None and viewed.run is not None
+    assert len(default.run.ranker.scorer.renders) == 1 and len(viewed.run.ranker.scorer.renders) == 2
+    scores = viewed.run.ranker.scorer.score([history])
+    assert (torch.logsumexp(scores, dim=-1) < 0).all()  # a mean of two different log-softmaxes sums to below 1
+    assert not torch.allclose(scores, torch.log_softmax(default.run.ranker.scorer.score([history]), dim=-1))
+
+
 def test_loaded_head_matches_the_trained_one(trained: dict[str, Any], dataset: PreparedDataset, tokenizer: Any):
     run_dir = trained["ranker"].run_dir
     state = torch.load(run_dir / CATALOG_HEAD_FILE, weights_only=True)
@@ -465,6 +496,12 @@ def test_head_settings_are_validated():
         load_config([RECIPE], ["catalog_head.title_source=tokens"])
     with pytest.raises(ConfigError, match="catalog_head.title_source needs train.format: catalog"):
         load_config([RECIPE], ["train.format=item_span", "catalog_head.title_source=hidden"])
+    assert load_config([RECIPE], ["catalog_head.history_views=[20, 14, 7]"]).catalog_head.history_views == [20, 14, 7]
+    for bad in ("[20, 0]", "[20, -7]", "[20, 20]", "[true]"):
+        with pytest.raises(ConfigError, match="catalog_head.history_views"):
+            load_config([RECIPE], [f"catalog_head.history_views={bad}"])
+    with pytest.raises(ConfigError, match="catalog_head.history_views needs train.format: catalog"):
+        load_config([RECIPE], ["train.format=item_span", "catalog_head.history_views=[20, 7]"])
 
 
 def test_the_training_loop_gives_the_head_its_learning_rate(trained: dict[str, Any]):
