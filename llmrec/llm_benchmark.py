@@ -17,6 +17,7 @@ Benchmark YAML (``configs/ml100k/benchmark-llm.yaml``)::
           overrides: [train.epochs=2]                  # key=value overrides of the recipe
           run_dir: runs/ml100k-smollm2-lora            # optional: reuse this finished run, no training
           scoring: beam                                # beam | full_catalog | catalog_head (train.format: catalog)
+          settings: []                                 # inference settings when ranking, e.g. [catalog_head.history_views=[20,14,7]]
 
 Launch: ``llmrec benchmark --config configs/ml100k/benchmark-llm.yaml``
 """
@@ -60,6 +61,7 @@ class LLMParams:
     run_dir: str | None = None  # reuse this finished run (no training); None trains one
     output_dir: str | None = None  # where a new run goes (default: the recipe's train.output_dir + -seed<N>)
     scoring: str = "beam"  # beam (constrained beam search) | full_catalog (exact likelihood of every item) | catalog_head (train.format: catalog runs)
+    settings: list[str] = field(default_factory=list)  # inference settings of the run when it is ranked (key.sub=value, e.g. catalog_head.history_views=[20,14,7]); not used by the per-epoch validation
     num_beams: int | None = None  # beam width at ranking time (None: the recipe's generation.num_beams)
     batch_size: int | None = None  # users per model call at ranking time (None: generation.batch_size)
     valid_users: int | None = 100  # validation users ranked after each epoch (None = all)
@@ -80,6 +82,13 @@ def parse_params(params: dict[str, Any]) -> LLMParams:
     parsed = from_dict(LLMParams, raw, "models[].params")
     if parsed.scoring not in SCORINGS:
         raise ConfigError(f"models[].params.scoring must be one of {SCORINGS}, got {parsed.scoring!r}")
+    from llmrec.run_loading import check_inference_override
+
+    for setting in parsed.settings:  # refused before hours of training, not after
+        try:
+            check_inference_override(setting)
+        except ConfigError as err:
+            raise ConfigError(f"models[].params.settings: {err}") from None
     return parsed
 
 
@@ -259,7 +268,7 @@ def load_ranker(run_dir: Path, dataset: PreparedDataset, params: LLMParams, trai
     """Load ``run_dir`` as a ranker; refuse a run trained on another catalog than the benchmark's."""
     from llmrec.recommender import Recommender
 
-    recommender = Recommender.load(run_dir, device=params.device, scoring=params.scoring)
+    recommender = Recommender.load(run_dir, device=params.device, scoring=params.scoring, overrides=params.settings)
     if recommender.dataset.fingerprint != dataset.fingerprint:
         raise ValueError(
             f"run {run_dir} was trained on {recommender.dataset.root} (catalog {recommender.dataset.fingerprint[:12]}), "

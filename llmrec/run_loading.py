@@ -99,6 +99,15 @@ INFERENCE_OVERRIDES = ("prompt.max_history_items", "prompt.max_history_tokens", 
                        "catalog_head.history_views")
 
 
+def check_inference_override(override: str) -> None:
+    """Raise ConfigError unless ``override`` (``key.sub=value``) sets one of :data:`INFERENCE_OVERRIDES`."""
+    key = override.split("=", 1)[0].strip()
+    if "=" not in override or not any(key == allowed or (allowed.endswith(".") and key.startswith(allowed))
+                                      for allowed in INFERENCE_OVERRIDES):
+        raise ConfigError(f"override {override!r}: a loaded run takes only inference settings, key.sub=value "
+                          f"({', '.join(k + '*' if k.endswith('.') else k for k in INFERENCE_OVERRIDES)})")
+
+
 def read_run_config(run_dir: Path, overrides: Sequence[str] = ()) -> RunConfig:
     """``RUN/config.yaml`` as a RunConfig; groups that belong to other schemas (e.g. ``encoder``) are skipped.
 
@@ -116,10 +125,7 @@ def read_run_config(run_dir: Path, overrides: Sequence[str] = ()) -> RunConfig:
     if not isinstance(tree, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
     for override in overrides:
-        key = override.split("=", 1)[0].strip()
-        if not any(key == allowed or (allowed.endswith(".") and key.startswith(allowed)) for allowed in INFERENCE_OVERRIDES):
-            raise ConfigError(f"override {override!r}: a loaded run takes only inference settings "
-                              f"({', '.join(k + '*' if k.endswith('.') else k for k in INFERENCE_OVERRIDES)})")
+        check_inference_override(override)
         tree = apply_override(tree, override)
     known = {name for name in RunConfig.__dataclass_fields__}
     extra = sorted(set(tree) - known)

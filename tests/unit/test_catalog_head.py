@@ -396,6 +396,21 @@ def test_a_loaded_run_ranks_over_history_views_only_when_asked(trained: dict[str
     assert not torch.allclose(scores, torch.log_softmax(default.run.ranker.scorer.score([history]), dim=-1))
 
 
+def test_a_benchmark_entry_ranks_a_finished_run_with_its_inference_settings(trained: dict[str, Any], dataset: PreparedDataset):
+    from llmrec.llm_benchmark import load_ranker, parse_params
+
+    run_dir = trained["ranker"].run_dir
+    params = parse_params({"config": [RECIPE], "scoring": "catalog_head", "settings": ["catalog_head.history_views=[6, 2]"]})
+    viewed = load_ranker(run_dir, dataset, params, None)
+    assert viewed.recommender.run is not None and len(viewed.recommender.run.ranker.scorer.renders) == 2
+    plain = load_ranker(run_dir, dataset, parse_params({"config": [RECIPE], "scoring": "catalog_head"}), None)
+    assert plain.recommender.run is not None and len(plain.recommender.run.ranker.scorer.renders) == 1
+    assert viewed.recipe_sha256 == plain.recipe_sha256  # the same weights and recipe; the setting is in params
+    for bad in ("model.num_layers=3", "catalog_head.history_views"):  # not inference / not key=value: before training
+        with pytest.raises(ConfigError, match=r"models\[\]\.params\.settings"):
+            parse_params({"config": [RECIPE], "settings": [bad]})
+
+
 def test_loaded_head_matches_the_trained_one(trained: dict[str, Any], dataset: PreparedDataset, tokenizer: Any):
     run_dir = trained["ranker"].run_dir
     state = torch.load(run_dir / CATALOG_HEAD_FILE, weights_only=True)
@@ -428,6 +443,27 @@ def test_catalog_head_scoring_is_refused_for_a_token_trained_model(dataset: Prep
 
     with pytest.raises(ValueError, match="train.format: catalog"):
         build_ranker(tiny_llama(len(tokenizer)), tokenizer, dataset.catalog, prompt_cfg(), scoring="catalog_head")
+
+
+def test_validation_during_training_ranks_over_the_runs_history_views(monkeypatch: pytest.MonkeyPatch,
+                                                                     dataset: PreparedDataset, tokenizer: Any):
+    import llmrec.training.ranking_eval as ranking_eval
+
+    model = tiny_llama(len(tokenizer))
+    attach_catalog_head(model, build_catalog_head(model, tokenizer, dataset.catalog, prompt_cfg(), residuals=False))
+    ranker = ranking_eval.build_ranker(model, tokenizer, dataset.catalog, prompt_cfg(), "catalog_head", history_views=[6, 2])
+    assert len(ranker.renders) == 2
+    seen: dict[str, Any] = {}
+    real = ranking_eval.build_ranker
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        seen["ranker"] = real(*args, **kwargs)
+        return seen["ranker"]
+
+    monkeypatch.setattr(ranking_eval, "build_ranker", spy)
+    config = load_config([RECIPE], ["catalog_head.history_views=[6, 2]"])
+    ranking_eval.run_ranking_eval_fn(config, dataset, num_users=2)(model.eval(), tokenizer)
+    assert len(seen["ranker"].renders) == 2
 
 
 def test_unknown_format_is_a_config_error():
