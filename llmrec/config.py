@@ -6,6 +6,9 @@ Loading order, the same everywhere (CLI, scripts, tests)::
 
 A file may start from others with a top-level ``include:`` (one path or a list, relative to
 the including file): the included files merge left to right, then the file's own keys over them.
+Mappings merge key by key; a list replaces the one merged before it, unless its key ends in ``+``
+(``models+:``), which appends to it: to the included files' list in a file with ``include:``, else
+to the list of the files before it on the command line (none: the list alone).
 
 Each group is a dataclass whose fields carry a default and a one-line comment. Unknown keys,
 wrong types and contradictions are rejected when loaded, naming the key and the file.
@@ -255,7 +258,7 @@ def load_yaml(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]
     data = _read_mapping(path)
     includes = data.pop(INCLUDE_KEY, None)
     if includes is None:
-        return data
+        return data  # its append keys apply to the files merged before it (load_config), if any
     if isinstance(includes, str):
         includes = [includes]
     if not isinstance(includes, list) or not all(isinstance(item, str) for item in includes):
@@ -269,8 +272,16 @@ def load_yaml(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]
             raise ConfigError(f"{path}: {INCLUDE_KEY}: cycle {cycle}")
         if not target.is_file():
             raise ConfigError(f"{path}: {INCLUDE_KEY}: {item} ({target}) does not exist")
-        tree = deep_merge(tree, load_yaml(target, chain))
-    return deep_merge(tree, data)
+        tree = _resolved(target, tree, load_yaml(target, chain))
+    return _resolved(path, tree, data)
+
+
+def _resolved(path: Path, tree: dict[str, Any], data: Mapping[str, Any]) -> dict[str, Any]:
+    """:func:`deep_merge` of a file's own keys over its includes, a bad append key named with the file."""
+    try:
+        return deep_merge(tree, data)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
 
 
 def _read_mapping(path: Path) -> dict[str, Any]:
@@ -287,12 +298,28 @@ def _read_mapping(path: Path) -> dict[str, Any]:
     return data
 
 
+APPEND_SUFFIX = "+"  # ``models+: [...]`` appends to the ``models`` list merged so far
+
+
 def deep_merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
-    """Merge ``update`` into a copy of ``base``; nested mappings merge, everything else replaces."""
+    """Merge ``update`` into a copy of ``base``; nested mappings merge, everything else replaces.
+
+    A key written with a trailing ``+`` (``models+:``) appends its list to the list ``base`` holds
+    under the plain key (none: an empty one), so a file that ``include:``s another can add a
+    benchmark row without repeating the others.
+    """
     out = dict(base)
     for key, value in update.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
+        if isinstance(key, str) and key.endswith(APPEND_SUFFIX):
+            name = key[: -len(APPEND_SUFFIX)]
+            if not name or name in update:
+                raise ConfigError(f"{key!r}: an append key needs a name, and cannot stand beside {name!r} in one mapping")
+            if not isinstance(value, list) or not isinstance(out.get(name, []), list):
+                raise ConfigError(f"{key!r} appends a list to a list; got {type(value).__name__} "
+                                  f"to {type(out.get(name)).__name__}")
+            out[name] = [*out.get(name, []), *value]
+        elif isinstance(value, Mapping):  # merged into what is there, or resolved alone (its own append keys)
+            out[key] = deep_merge(out[key] if isinstance(out.get(key), dict) else {}, value)
         else:
             out[key] = value
     return out
@@ -381,7 +408,7 @@ def load_config(
     tree: dict[str, Any] = {}
     sources = []
     for path in paths:
-        tree = deep_merge(tree, load_yaml(path))
+        tree = _resolved(Path(path), tree, load_yaml(path))
         sources.append(str(path))
     for override in overrides:
         tree = apply_override(tree, override)

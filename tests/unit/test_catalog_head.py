@@ -314,6 +314,17 @@ def test_benchmark_row_is_a_catalog_scorer_through_the_shared_evaluator(trained:
     assert 0.0 <= result.metrics["ndcg@10"] <= 1.0
 
 
+def test_views_recipe_is_the_shifts_recipe_ranked_over_three_windows():
+    configs = REPO / "configs" / "ml100k"
+    shifts = load_config([str(configs / "smollm2-catalog-shifts.yaml")])
+    views = load_config([str(configs / "smollm2-catalog-views.yaml")])
+    assert views.catalog_head.history_views == [20, 14, 7] and shifts.catalog_head.history_views == []
+    assert max(views.catalog_head.history_views) == views.prompt.max_history_items  # the widest view is the prompt
+    assert views.train.output_dir != shifts.train.output_dir
+    views.catalog_head.history_views, views.train.output_dir = [], shifts.train.output_dir
+    assert views == shifts  # trained exactly as attempt 15
+
+
 def test_shallow_recipe_is_the_pool_recipe_on_the_first_ten_blocks_and_every_window():
     stack = [RECIPE, *(str(REPO / "configs" / "ml100k" / f"smollm2-catalog-{name}.yaml") for name in ("4ep", "mlp", "pool"))]
     pool = load_config(stack)

@@ -41,6 +41,24 @@ def test_include_merges_the_named_files_under_the_own_keys(tmp_path) -> None:
     assert load_config([tmp_path / "sub" / "more.yaml"]).train.epochs == 4
 
 
+def test_a_plus_key_appends_to_the_included_list_and_a_plain_key_replaces_it(tmp_path) -> None:
+    (tmp_path / "base.yaml").write_text("eval:\n  ks: [1, 5]\nlora:\n  target_modules: [q_proj]\n")
+    (tmp_path / "more.yaml").write_text("include: base.yaml\neval:\n  ks+: [10, 20]\nlora:\n  target_modules: [v_proj]\n")
+    (tmp_path / "most.yaml").write_text("include: more.yaml\neval:\n  ks+: [50]\n")
+    config = load_config([tmp_path / "most.yaml"])
+    assert config.eval.ks == [1, 5, 10, 20, 50]  # appended at each level, in include order
+    assert config.lora.target_modules == ["v_proj"]  # no "+": replaced, as before
+    (tmp_path / "alone.yaml").write_text("eval:\n  ks+: [3]\n")  # nothing to append to: the list alone
+    assert load_config([tmp_path / "alone.yaml"]).eval.ks == [3]
+    assert load_config([tmp_path / "base.yaml", tmp_path / "alone.yaml"]).eval.ks == [1, 5, 3]  # files on the command line too
+    for bad, match in (("eval:\n  ks+: 3\n", "appends a list to a list"),
+                       ("eval:\n  ks: [1]\n  ks+: [3]\n", "cannot stand beside 'ks'"),
+                       ("eval:\n  +: [3]\n", "needs a name")):
+        (tmp_path / "bad.yaml").write_text("include: base.yaml\n" + bad)
+        with pytest.raises(ConfigError, match=r"bad\.yaml: .*" + match):
+            load_config([tmp_path / "bad.yaml"])
+
+
 def test_include_errors_name_the_file(tmp_path) -> None:
     a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
     a.write_text("include: b.yaml\n")
