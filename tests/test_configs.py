@@ -43,3 +43,17 @@ def test_accelerate_config_loads(path: Path) -> None:
     config = load_config_from_file(str(path))
     assert config.compute_environment is not None
     assert "accelerate launch" in path.read_text(encoding="utf-8"), f"{path.name}: header must show its launch command"
+
+
+def test_catalog_llm_benchmarks_add_their_rows_to_the_shared_baselines() -> None:
+    """Their seeds merge with each other's baseline reports (llmrec merge-reports) only if the rows agree."""
+    from llmrec.benchmark import BenchmarkConfig
+
+    base = load_config([CONFIGS / "ml100k" / "benchmark-llm-baselines.yaml"], schema=BenchmarkConfig)
+    including = [p for p in ALL_YAML if "include: benchmark-llm-baselines.yaml" in p.read_text(encoding="utf-8")]
+    assert len(including) >= 9
+    for path in including:
+        config = load_config([path], schema=BenchmarkConfig)
+        assert config.models[: len(base.models)] == base.models, path.name
+        assert all(model.name == "llm" for model in config.models[len(base.models):]), path.name
+        assert config.eval == base.eval and config.num_threads == base.num_threads, path.name
