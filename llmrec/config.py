@@ -185,6 +185,12 @@ class CatalogHeadConfig:
             raise ConfigError(f"catalog_head.history_views lists a view twice: {self.history_views}")
 
 
+def history_view_prompts(prompt: PromptConfig, views: Sequence[int]) -> list[PromptConfig]:
+    """The prompt settings of each view of ``catalog_head.history_views``: ``prompt`` with
+    ``max_history_items`` set to the view's item count (no views: ``[prompt]``)."""
+    return [dataclasses.replace(prompt, max_history_items=count) for count in views] if views else [prompt]
+
+
 @dataclass
 class RunConfig:
     """The full configuration of one fine-tuning / inference run."""

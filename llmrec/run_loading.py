@@ -18,7 +18,14 @@ from typing import Any
 import torch
 import yaml
 
-from llmrec.config import ConfigError, RunConfig, apply_override, from_dict
+from llmrec.config import (
+    ConfigError,
+    PromptConfig,
+    RunConfig,
+    apply_override,
+    from_dict,
+    history_view_prompts,
+)
 from llmrec.data.dataset import PreparedDataset, catalog_fingerprint
 from llmrec.data.schema import Catalog, UserSequence
 from llmrec.explain import Explainer, decoder_item_embedder, embedding_similarity, generate_text
@@ -337,14 +344,10 @@ class DecoderPrompts:
         ``prompt.max_history_items`` set to the view's item count; no views: ``[next_item]``."""
         from llmrec.serialize import render_prompt
 
-        if not views:
-            return [self.next_item]
-
-        def view(count: int) -> Callable[[UserSequence], str]:
-            cfg = replace(self.config.prompt, max_history_items=count)
+        def render(cfg: PromptConfig) -> Callable[[UserSequence], str]:
             return lambda history: render_prompt(history, self.catalog, self.next_template, self.tokenizer, cfg)
 
-        return [view(count) for count in views]
+        return [render(cfg) for cfg in history_view_prompts(self.config.prompt, views)]
 
     @property
     def add_special_tokens(self) -> bool:

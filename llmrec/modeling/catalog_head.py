@@ -445,7 +445,7 @@ class CatalogHeadScorer:
         render: ``history -> prompt text`` (the run's template; the prompt ends where a title would start),
             or several such functions, one per view of the history (``catalog_head.history_views``:
             the same prompt cut to fewer latest items). With more than one, an item's score is its
-            mean log-softmax over the views: the product of the views' distributions, renormalised.
+            mean log-softmax over the views (items rank as by the product of the views' distributions).
         batch_size: users per forward pass.
         add_special_tokens: tokenize prompts as training did.
     """

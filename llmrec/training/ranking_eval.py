@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
-from llmrec.config import PromptConfig, RunConfig
+from llmrec.config import PromptConfig, RunConfig, history_view_prompts
 from llmrec.data.dataset import PreparedDataset
 from llmrec.data.schema import Catalog, EvalCase, UserSequence
 
@@ -59,9 +58,7 @@ def prompt_function(catalog: Catalog, prompt_cfg: PromptConfig, tokenizer: Any) 
 def view_renders(catalog: Catalog, prompt_cfg: PromptConfig, tokenizer: Any, views: Sequence[int]) -> list[Callable[[UserSequence], str]]:
     """One ``history -> prompt text`` per view (``catalog_head.history_views``): the prompt with
     ``prompt.max_history_items`` set to the view's item count; no views: the prompt as configured."""
-    if not views:
-        return [prompt_function(catalog, prompt_cfg, tokenizer)]
-    return [prompt_function(catalog, replace(prompt_cfg, max_history_items=count), tokenizer) for count in views]
+    return [prompt_function(catalog, cfg, tokenizer) for cfg in history_view_prompts(prompt_cfg, views)]
 
 
 def catalog_trie(catalog: Catalog, prompt_cfg: PromptConfig, tokenizer: Any, vocab_size: int) -> Any:
