@@ -459,7 +459,6 @@ class CatalogHeadScorer:
         self.renders = [render] if callable(render) else list(render)
         if not self.renders:
             raise ValueError("CatalogHeadScorer needs at least one render function")
-        self.render = self.renders[0]
         self.batch_size = batch_size
         self.add_special_tokens = add_special_tokens
         self.backbone = _backbone(model)
@@ -468,7 +467,7 @@ class CatalogHeadScorer:
     def hidden(self, histories: Sequence[UserSequence], render: Callable[[UserSequence], str] | None = None) -> torch.Tensor:
         """``(B, d)`` last hidden state after each history's prompt (``render``: the first view's)."""
         device = self.head.device
-        render = self.render if render is None else render
+        render = self.renders[0] if render is None else render
         batch = self.tokenizer([render(h) for h in histories], return_tensors="pt", padding=True,
                                add_special_tokens=self.add_special_tokens)
         mask = batch["attention_mask"].to(device)
