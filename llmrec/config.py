@@ -163,6 +163,9 @@ class CatalogHeadConfig:
     title_source: str = "embeddings"  # title vectors: embeddings (mean input embedding) | hidden (mean last hidden state of the title read alone)
     batch_size: int = 16  # users per forward pass when ranking
     learning_rate: float | None = None  # peak learning rate of the head's parameters (None = train.learning_rate)
+    # Training only: leave the items of a target's earlier labelled lines out of its softmax, as ranking
+    # leaves the history out of the catalog (a repeated item stays a reachable target).
+    mask_history: bool = False
     # Ranking only: score each history once per entry, its prompt cut to that many latest items (as
     # prompt.max_history_items would), and rank by the mean log-softmax over the views ([] = the prompt alone).
     history_views: list[int] = field(default_factory=list)
@@ -458,7 +461,8 @@ def load_benchmark_recipe(
 # at this default describe the same recipe: saved-config comparisons and recipe digests leave them out
 # (:func:`comparable`), so that finished runs still reload, interrupted ones still resume and a new
 # seed of an old recipe still merges with the old seeds' reports. Add each new field here.
-LATER_DEFAULTS: dict[tuple[str, str], Any] = {("prompt", "window_shifts"): 1, ("catalog_head", "history_views"): []}
+LATER_DEFAULTS: dict[tuple[str, str], Any] = {("prompt", "window_shifts"): 1, ("catalog_head", "history_views"): [],
+                                              ("catalog_head", "mask_history"): False}
 
 
 def comparable(tree: Mapping[str, Any]) -> dict[str, Any]:

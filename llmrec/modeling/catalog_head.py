@@ -28,6 +28,10 @@ both training and ranking (``train.format: catalog``):
   items of the history, whether or not a shortened prompt window (an inference override) still
   shows them all.
 
+``catalog_head.mask_history`` (training only) takes the items of a target's earlier labelled
+lines out of its softmax, as ranking takes a user's history out of the catalog: the loss then
+never spends gradient pushing down items already watched, which ranking never shows anyway.
+
 During training the head *replaces* the model's ``lm_head`` (:func:`attach_catalog_head`), so the
 loop's loss runs unchanged through the outer (PEFT / DDP) model: the labels of a ``catalog``
 example are catalog indices at the first token of each history line, and
@@ -97,6 +101,7 @@ class CatalogHead(nn.Module):
         if history_pool > 0:
             self.pool = nn.Sequential(nn.LayerNorm(dim), _zero_linear(dim, dim))
         self._fed: torch.Tensor | None = None  # (K, P) histories of the forward pass in flight (training)
+        self._seen: torch.Tensor | None = None  # (K, S) items left out of each target's softmax (training)
 
     @property
     def device(self) -> torch.device:
@@ -131,7 +136,10 @@ class CatalogHead(nn.Module):
             history = history.to(items.device)
             present = (history >= 0).any(dim=1, keepdim=True).to(hidden.dtype)  # (K, 1): no history, no term
             hidden = hidden + (self.pool(self.pooled(history, items)) * present).reshape(hidden.shape)
-        return nn.functional.linear(hidden, items)
+        scores = nn.functional.linear(hidden, items)
+        if self._seen is not None:
+            scores = masked_seen(scores, self._seen)
+        return scores
 
     @staticmethod
     def pooled(history: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
@@ -139,13 +147,15 @@ class CatalogHead(nn.Module):
         return mean_item_vector(history, items) - items.mean(dim=0)
 
     @contextlib.contextmanager
-    def feeding(self, history: torch.Tensor) -> Iterator[None]:
-        """Within the block, calls without ``history`` use this one (the model calls the head itself)."""
-        self._fed = history
+    def feeding(self, history: torch.Tensor | None, seen: torch.Tensor | None = None) -> Iterator[None]:
+        """Within the block, calls without ``history`` use this one (the model calls the head itself),
+        and with ``seen`` (``(K, S)`` item indices, -1 = none) each of the K scored rows gets
+        ``-inf`` at its own seen items (:func:`masked_seen`)."""
+        self._fed, self._seen = history, seen
         try:
             yield
         finally:
-            self._fed = None
+            self._fed, self._seen = None, None
 
     def head_state(self) -> dict[str, Any]:
         """What :func:`save_catalog_head` writes: the trained tensors and the row ids."""
@@ -191,6 +201,26 @@ def mean_item_vector(history: torch.Tensor, items: torch.Tensor) -> torch.Tensor
     return summed / present.sum(dim=1).clamp(min=1.0)
 
 
+def _earlier_targets(labels: torch.Tensor, position_ids: torch.Tensor | None) -> list[tuple[list[int], int]]:
+    """For each target of a ``catalog`` batch (loss order), the items of the earlier labelled lines
+    of its example, oldest first, and the target itself (see :func:`target_histories`)."""
+    from llmrec.training.loss import IGNORE_INDEX
+
+    out: list[tuple[list[int], int]] = []
+    for row in range(labels.shape[0]):
+        columns = (torch.nonzero(labels[row, 1:] != IGNORE_INDEX).flatten() + 1).tolist()
+        values = labels[row].tolist()
+        starts = (position_ids[row] == 0).cumsum(0).tolist() if position_ids is not None else [0] * labels.shape[1]
+        earlier: list[int] = []
+        example = None
+        for column in columns:
+            if starts[column] != example:
+                earlier, example = [], starts[column]
+            out.append((list(earlier), int(values[column])))
+            earlier.append(int(values[column]))
+    return out
+
+
 def target_histories(labels: torch.Tensor, size: int, position_ids: torch.Tensor | None = None) -> torch.Tensor:
     """``(K, size)`` for each target of a ``catalog`` batch, the items of the earlier labelled lines of its example.
 
@@ -202,38 +232,55 @@ def target_histories(labels: torch.Tensor, size: int, position_ids: torch.Tensor
     Args:
         labels: ``(B, T)`` catalog indices at the first token of each line, -100 elsewhere.
     """
-    from llmrec.training.loss import IGNORE_INDEX
-
-    rows: list[list[int]] = []
-    for row in range(labels.shape[0]):
-        columns = (torch.nonzero(labels[row, 1:] != IGNORE_INDEX).flatten() + 1).tolist()
-        values = labels[row].tolist()
-        starts = (position_ids[row] == 0).cumsum(0).tolist() if position_ids is not None else [0] * labels.shape[1]
-        earlier: list[int] = []
-        example = None
-        for column in columns:
-            if starts[column] != example:
-                earlier, example = [], starts[column]
-            rows.append(latest(earlier, size))
-            earlier.append(int(values[column]))
+    rows = [latest(earlier, size) for earlier, _ in _earlier_targets(labels, position_ids)]
     return torch.tensor(rows, dtype=torch.long).reshape(len(rows), size)
+
+
+def target_seen_items(labels: torch.Tensor, position_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """``(K, S)`` for each target of a ``catalog`` batch, the items to leave out of its softmax.
+
+    They are the items of the earlier labelled lines of the same example (as
+    :func:`target_histories`, all of them, S = the longest such list, -1 padded), less the target
+    itself: a repeated item stays a reachable target. The window's unlabelled first line and the
+    items before the window are not in the batch, so they stay in the softmax.
+    """
+    rows = [[item for item in earlier if item != target] for earlier, target in _earlier_targets(labels, position_ids)]
+    width = max((len(row) for row in rows), default=0)
+    return torch.tensor([row + [-1] * (width - len(row)) for row in rows], dtype=torch.long).reshape(len(rows), width)
+
+
+def masked_seen(scores: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
+    """``scores`` ``(..., N)`` with ``-inf`` at each scored row's ``seen`` items (``(K, S)``, -1 = none; K rows)."""
+    flat = scores.reshape(-1, scores.shape[-1])
+    if seen.shape[0] != flat.shape[0]:
+        raise ValueError(f"{seen.shape[0]} seen-item rows for {flat.shape[0]} scored rows "
+                         "(the model must call the head on label positions only: logits_to_keep)")
+    seen = seen.to(flat.device)
+    mask = torch.zeros(flat.shape, dtype=torch.bool, device=flat.device)
+    mask.scatter_(1, seen.clamp(min=0), seen >= 0)
+    return flat.masked_fill(mask, float("-inf")).reshape(scores.shape)
 
 
 LossFunction = Callable[[nn.Module, Any], torch.Tensor]  # (model, batch) -> scalar
 
 
-def feed_target_histories(loss_fn: LossFunction) -> LossFunction:
-    """``loss_fn`` that hands the attached head each target's history (:func:`target_histories`) first.
+def feed_target_histories(loss_fn: LossFunction, mask_history: bool = False) -> LossFunction:
+    """``loss_fn`` that hands the attached head each target's history (:func:`target_histories`) first,
+    and with ``mask_history`` each target's earlier items to leave out of its softmax
+    (:func:`target_seen_items`, ``catalog_head.mask_history``).
 
-    A no-op wrapper for heads without ``history_pool``.
+    A no-op wrapper for heads without ``history_pool`` when ``mask_history`` is off.
     """
 
     def loss(model: nn.Module, batch: Any) -> torch.Tensor:
         head = attached_head(model)
-        if head is None or head.pool is None:
+        if head is None or (head.pool is None and not mask_history):
             return loss_fn(model, batch)
-        history = target_histories(batch["labels"], head.history_pool, batch.get("position_ids"))
-        with head.feeding(history.to(head.device)):
+        positions = batch.get("position_ids")
+        history = None if head.pool is None else target_histories(batch["labels"], head.history_pool, positions)
+        seen = target_seen_items(batch["labels"], positions) if mask_history else None
+        with head.feeding(None if history is None else history.to(head.device),
+                          None if seen is None else seen.to(head.device)):
             return loss_fn(model, batch)
 
     return loss

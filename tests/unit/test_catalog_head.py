@@ -30,8 +30,10 @@ from llmrec.modeling.catalog_head import (
     hidden_title_vectors,
     last_positions,
     load_catalog_head,
+    masked_seen,
     save_catalog_head,
     target_histories,
+    target_seen_items,
     title_vectors,
 )
 from llmrec.prompts import load_template
@@ -193,6 +195,56 @@ def test_target_histories_are_the_earlier_labelled_items_of_the_same_example():
     assert target_histories(torch.full((2, 4), x), 3).shape == (0, 3)
 
 
+def test_target_seen_items_are_every_earlier_item_of_the_example_but_the_target():
+    x = IGNORE_INDEX
+    labels = torch.tensor([[x, x, 7, x, 3, x, 7, x, 9],  # 7 comes back: its second line keeps 7 reachable
+                           [x, 4, x, 6, x, x, 2, x, 8]])  # packed: example A (4, 6) then B (2, 8) from column 5
+    positions = torch.tensor([[0, 1, 2, 3, 4, 5, 6, 7, 8],
+                              [0, 1, 2, 3, 4, 0, 1, 2, 3]])
+    expected = [[-1, -1, -1], [7, -1, -1], [3, -1, -1], [7, 3, 7],
+                [-1, -1, -1], [4, -1, -1], [-1, -1, -1], [2, -1, -1]]
+    assert target_seen_items(labels, positions).tolist() == expected
+    assert target_seen_items(torch.full((2, 4), x)).shape == (0, 0)
+
+
+def test_masked_seen_puts_minus_infinity_at_each_rows_own_items_only():
+    scores = torch.randn(1, 3, 6)  # (B, K, N) as a model with logits_to_keep may hand them
+    seen = torch.tensor([[-1, -1], [4, 0], [2, -1]])
+    out = masked_seen(scores, seen)
+    masked = torch.zeros(3, 6, dtype=torch.bool)
+    masked[1, 4] = masked[1, 0] = masked[2, 2] = True
+    assert torch.isneginf(out[0][masked]).all() and torch.equal(out[0][~masked], scores[0][~masked])
+    with pytest.raises(ValueError, match="2 seen-item rows for 3 scored rows"):
+        masked_seen(scores, seen[:2])
+
+
+def test_mask_history_leaves_each_targets_earlier_items_out_of_its_softmax(dataset: PreparedDataset, tokenizer: Any):
+    model = tiny_llama(len(tokenizer))
+    head = build_catalog_head(model, tokenizer, dataset.catalog, prompt_cfg(), residuals=False)
+    attach_catalog_head(model, head)
+    builder = ExampleBuilder(dataset, load_template("next_item"), tokenizer, prompt_cfg(), 256, "catalog")
+    example = next(builder.item_span(training_sequences(dataset)[0]))
+    batch = {"input_ids": torch.tensor([example.input_ids]), "labels": torch.tensor([example.labels]),
+             "attention_mask": torch.ones(1, len(example.input_ids), dtype=torch.long)}
+    plain = feed_target_histories(causal_lm_loss_on_labels)(model, batch)
+    masked = feed_target_histories(causal_lm_loss_on_labels, mask_history=True)(model, batch)
+    hidden = model.model(input_ids=batch["input_ids"]).last_hidden_state[0]  # (T, d)
+    labels = torch.tensor(example.labels)
+    where = (labels != IGNORE_INDEX).nonzero().squeeze(1)
+    targets = labels[where].tolist()
+    assert len(targets) >= 3
+    logits = head(hidden[where - 1])
+    torch.testing.assert_close(plain, torch.nn.functional.cross_entropy(logits, labels[where]), rtol=1e-5, atol=1e-6)
+    for j in range(1, len(targets)):
+        logits[j, targets[:j]] = float("-inf")
+    expected = torch.nn.functional.cross_entropy(logits, labels[where])
+    torch.testing.assert_close(masked, expected, rtol=1e-5, atol=1e-6)
+    assert float(masked) < float(plain)  # fewer competitors, lower loss
+    assert head._seen is None  # nothing stays fed after the step
+    masked.backward()
+    assert head.proj.weight.grad is not None and torch.isfinite(head.proj.weight.grad).all()
+
+
 def test_history_pool_starts_at_zero_and_adds_a_shared_map_of_the_recent_items(dataset: PreparedDataset, tokenizer: Any):
     model = tiny_llama(len(tokenizer))
     head = build_catalog_head(model, tokenizer, dataset.catalog, prompt_cfg(), residuals=False)
@@ -286,7 +338,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, dataset: PreparedDataset, 
     out = tmp_path_factory.mktemp("catalog-run") / "run"
     overrides = [*tiny_recipe_overrides(tokenizer_dir), "catalog_head.item_residuals=true", "catalog_head.learning_rate=2e-3",
                  "catalog_head.title_mlp=16", "catalog_head.history_pool=3", "model.num_layers=1",
-                 "catalog_head.title_source=hidden"]
+                 "catalog_head.title_source=hidden", "catalog_head.mask_history=true"]
     params = {"config": [RECIPE], "overrides": overrides,
               "output_dir": str(out), "valid_users": 5, "device": "cpu", "scoring": "catalog_head"}
     ranker = build_and_train(dataset, params, seed=0)
@@ -323,6 +375,16 @@ def test_views_recipe_is_the_shifts_recipe_ranked_over_three_windows():
     assert views.train.output_dir != shifts.train.output_dir
     views.catalog_head.history_views, views.train.output_dir = [], shifts.train.output_dir
     assert views == shifts  # trained exactly as attempt 15
+
+
+def test_masked_recipe_is_the_views_recipe_with_mask_history_only():
+    configs = REPO / "configs" / "ml100k"
+    views = load_config([str(configs / "smollm2-catalog-views.yaml")])
+    masked = load_config([str(configs / "smollm2-catalog-masked.yaml")])
+    assert masked.catalog_head.mask_history and not views.catalog_head.mask_history
+    assert masked.train.output_dir != views.train.output_dir
+    masked.catalog_head.mask_history, masked.train.output_dir = False, views.train.output_dir
+    assert masked == views
 
 
 def test_shallow_recipe_is_the_pool_recipe_on_the_first_ten_blocks_and_every_window():
