@@ -232,7 +232,11 @@ def target_histories(labels: torch.Tensor, size: int, position_ids: torch.Tensor
     Args:
         labels: ``(B, T)`` catalog indices at the first token of each line, -100 elsewhere.
     """
-    rows = [latest(earlier, size) for earlier, _ in _earlier_targets(labels, position_ids)]
+    return _latest_rows(_earlier_targets(labels, position_ids), size)
+
+
+def _latest_rows(pairs: Sequence[tuple[list[int], int]], size: int) -> torch.Tensor:
+    rows = [latest(earlier, size) for earlier, _ in pairs]
     return torch.tensor(rows, dtype=torch.long).reshape(len(rows), size)
 
 
@@ -244,7 +248,11 @@ def target_seen_items(labels: torch.Tensor, position_ids: torch.Tensor | None = 
     itself: a repeated item stays a reachable target. The window's unlabelled first line and the
     items before the window are not in the batch, so they stay in the softmax.
     """
-    rows = [[item for item in earlier if item != target] for earlier, target in _earlier_targets(labels, position_ids)]
+    return _seen_rows(_earlier_targets(labels, position_ids))
+
+
+def _seen_rows(pairs: Sequence[tuple[list[int], int]]) -> torch.Tensor:
+    rows = [[item for item in earlier if item != target] for earlier, target in pairs]
     width = max((len(row) for row in rows), default=0)
     return torch.tensor([row + [-1] * (width - len(row)) for row in rows], dtype=torch.long).reshape(len(rows), width)
 
@@ -276,11 +284,10 @@ def feed_target_histories(loss_fn: LossFunction, mask_history: bool = False) -> 
         head = attached_head(model)
         if head is None or (head.pool is None and not mask_history):
             return loss_fn(model, batch)
-        positions = batch.get("position_ids")
-        history = None if head.pool is None else target_histories(batch["labels"], head.history_pool, positions)
-        seen = target_seen_items(batch["labels"], positions) if mask_history else None
-        with head.feeding(None if history is None else history.to(head.device),
-                          None if seen is None else seen.to(head.device)):
+        pairs = _earlier_targets(batch["labels"], batch.get("position_ids"))  # one pass over the labels for both
+        history = None if head.pool is None else _latest_rows(pairs, head.history_pool).to(head.device)
+        seen = _seen_rows(pairs).to(head.device) if mask_history else None
+        with head.feeding(history, seen):
             return loss_fn(model, batch)
 
     return loss

@@ -72,6 +72,15 @@ def prompt_cfg() -> PromptConfig:
     return PromptConfig(template="next_item", max_history_items=6, max_history_tokens=200, include_year=True)
 
 
+def first_catalog_batch(dataset: PreparedDataset, tokenizer: Any) -> tuple[Any, dict[str, torch.Tensor]]:
+    """The first user's first ``catalog`` example and a one-row batch of it."""
+    builder = ExampleBuilder(dataset, load_template("next_item"), tokenizer, prompt_cfg(), 256, "catalog")
+    example = next(builder.item_span(training_sequences(dataset)[0]))
+    batch = {"input_ids": torch.tensor([example.input_ids]), "labels": torch.tensor([example.labels]),
+             "attention_mask": torch.ones(1, len(example.input_ids), dtype=torch.long)}
+    return example, batch
+
+
 def test_catalog_examples_label_each_line_start_with_its_item(dataset: PreparedDataset, tokenizer: Any):
     cfg = prompt_cfg()
     template = load_template(cfg.template)
@@ -166,10 +175,7 @@ def test_catalog_loss_is_the_item_softmax_at_the_line_starts(dataset: PreparedDa
     head = build_catalog_head(model, tokenizer, dataset.catalog, prompt_cfg(), residuals=True)
     original = attach_catalog_head(model, head)
     assert attached_head(model) is head
-    builder = ExampleBuilder(dataset, load_template("next_item"), tokenizer, prompt_cfg(), 256, "catalog")
-    example = next(builder.item_span(training_sequences(dataset)[0]))
-    batch = {"input_ids": torch.tensor([example.input_ids]), "labels": torch.tensor([example.labels]),
-             "attention_mask": torch.ones(1, len(example.input_ids), dtype=torch.long)}
+    example, batch = first_catalog_batch(dataset, tokenizer)
     loss = causal_lm_loss_on_labels(model, batch)
     hidden = model.model(input_ids=batch["input_ids"]).last_hidden_state[0]  # (T, d)
     labels = torch.tensor(example.labels)
@@ -222,10 +228,7 @@ def test_mask_history_leaves_each_targets_earlier_items_out_of_its_softmax(datas
     model = tiny_llama(len(tokenizer))
     head = build_catalog_head(model, tokenizer, dataset.catalog, prompt_cfg(), residuals=False)
     attach_catalog_head(model, head)
-    builder = ExampleBuilder(dataset, load_template("next_item"), tokenizer, prompt_cfg(), 256, "catalog")
-    example = next(builder.item_span(training_sequences(dataset)[0]))
-    batch = {"input_ids": torch.tensor([example.input_ids]), "labels": torch.tensor([example.labels]),
-             "attention_mask": torch.ones(1, len(example.input_ids), dtype=torch.long)}
+    example, batch = first_catalog_batch(dataset, tokenizer)
     plain = feed_target_histories(causal_lm_loss_on_labels)(model, batch)
     masked = feed_target_histories(causal_lm_loss_on_labels, mask_history=True)(model, batch)
     hidden = model.model(input_ids=batch["input_ids"]).last_hidden_state[0]  # (T, d)
@@ -278,10 +281,7 @@ def test_pooled_catalog_loss_feeds_each_target_its_earlier_items(dataset: Prepar
     with torch.no_grad():
         head.pool[1].weight.normal_(std=0.05)
     attach_catalog_head(model, head)
-    builder = ExampleBuilder(dataset, load_template("next_item"), tokenizer, prompt_cfg(), 256, "catalog")
-    example = next(builder.item_span(training_sequences(dataset)[0]))
-    batch = {"input_ids": torch.tensor([example.input_ids]), "labels": torch.tensor([example.labels]),
-             "attention_mask": torch.ones(1, len(example.input_ids), dtype=torch.long)}
+    example, batch = first_catalog_batch(dataset, tokenizer)
     with pytest.raises(RuntimeError, match="history_pool"):
         causal_lm_loss_on_labels(model, batch)  # the bare loss cannot feed the head
     loss = feed_target_histories(causal_lm_loss_on_labels)(model, batch)
