@@ -153,6 +153,9 @@ class EvalConfig:
     seed: int = 0  # seeds the user subset and the sampled negatives
 
 
+MASK_SCOPES = ("window", "user")  # catalog_head.mask_scope
+
+
 @dataclass
 class CatalogHeadConfig:
     """The catalog head of ``train.format: catalog`` (``llmrec.modeling.catalog_head``)."""
@@ -166,16 +169,24 @@ class CatalogHeadConfig:
     # Training only: leave the items of a target's earlier labelled lines out of its softmax, as ranking
     # leaves the history out of the catalog (a repeated item stays a reachable target).
     mask_history: bool = False
+    # Which earlier items mask_history leaves out: window (the target's earlier labelled lines) | user
+    # (every item of the user's training sequence before the target, as ranking leaves out every history item).
+    mask_scope: str = "window"
     # Ranking only: score each history once per entry, its prompt cut to that many latest items (as
     # prompt.max_history_items would), and rank by the mean log-softmax over the views ([] = the prompt alone).
     history_views: list[int] = field(default_factory=list)
 
     def validate(self) -> None:
-        """Positive batch size, learning rate and views, non-negative MLP width and history pool, a known title source."""
+        """Positive batch size, learning rate and views, non-negative MLP width and history pool, a known
+        title source and mask scope (a wider scope than ``window`` only with ``mask_history``)."""
         if self.title_mlp < 0:
             raise ConfigError("catalog_head.title_mlp must be >= 0 (0 = no title MLP)")
         if self.history_pool < 0:
             raise ConfigError("catalog_head.history_pool must be >= 0 (0 = no history pool)")
+        if self.mask_scope not in MASK_SCOPES:
+            raise ConfigError(f"catalog_head.mask_scope must be one of {', '.join(MASK_SCOPES)}, not {self.mask_scope!r}")
+        if self.mask_scope != "window" and not self.mask_history:
+            raise ConfigError(f"catalog_head.mask_scope={self.mask_scope} needs catalog_head.mask_history: true")
         if self.title_source not in ("embeddings", "hidden"):
             raise ConfigError(f"catalog_head.title_source must be embeddings or hidden, not {self.title_source!r}")
         if self.batch_size <= 0:
@@ -462,7 +473,7 @@ def load_benchmark_recipe(
 # (:func:`comparable`), so that finished runs still reload, interrupted ones still resume and a new
 # seed of an old recipe still merges with the old seeds' reports. Add each new field here.
 LATER_DEFAULTS: dict[tuple[str, str], Any] = {("prompt", "window_shifts"): 1, ("catalog_head", "history_views"): [],
-                                              ("catalog_head", "mask_history"): False}
+                                              ("catalog_head", "mask_history"): False, ("catalog_head", "mask_scope"): "window"}
 
 
 def comparable(tree: Mapping[str, Any]) -> dict[str, Any]:

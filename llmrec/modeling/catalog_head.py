@@ -31,6 +31,9 @@ both training and ranking (``train.format: catalog``):
 ``catalog_head.mask_history`` (training only) takes the items of a target's earlier labelled
 lines out of its softmax, as ranking takes a user's history out of the catalog: the loss then
 never spends gradient pushing down items already watched, which ranking never shows anyway.
+With ``catalog_head.mask_scope: user`` it takes out every item of the user's training sequence
+before the target: the window's unlabelled first line and the items before the window too, which
+the examples' ``prior_items`` column brings into the batch.
 
 During training the head *replaces* the model's ``lm_head`` (:func:`attach_catalog_head`), so the
 loop's loss runs unchanged through the outer (PEFT / DDP) model: the labels of a ``catalog``
@@ -201,22 +204,27 @@ def mean_item_vector(history: torch.Tensor, items: torch.Tensor) -> torch.Tensor
     return summed / present.sum(dim=1).clamp(min=1.0)
 
 
-def _earlier_targets(labels: torch.Tensor, position_ids: torch.Tensor | None) -> list[tuple[list[int], int]]:
+Target = tuple[list[int], int, int, int]  # (earlier labelled items of its example, itself, batch row, example in the row)
+
+
+def _earlier_targets(labels: torch.Tensor, position_ids: torch.Tensor | None) -> list[Target]:
     """For each target of a ``catalog`` batch (loss order), the items of the earlier labelled lines
-    of its example, oldest first, and the target itself (see :func:`target_histories`)."""
+    of its example, oldest first, the target itself, its row and its example's number in the row
+    (0 for unpacked rows; see :func:`target_histories`)."""
     from llmrec.training.loss import IGNORE_INDEX
 
-    out: list[tuple[list[int], int]] = []
+    out: list[Target] = []
     for row in range(labels.shape[0]):
         columns = (torch.nonzero(labels[row, 1:] != IGNORE_INDEX).flatten() + 1).tolist()
         values = labels[row].tolist()
-        starts = (position_ids[row] == 0).cumsum(0).tolist() if position_ids is not None else [0] * labels.shape[1]
+        # packed rows: position_ids restart at 0 at each example, the first example is number 1 here
+        starts = (position_ids[row] == 0).cumsum(0).tolist() if position_ids is not None else [1] * labels.shape[1]
         earlier: list[int] = []
         example = None
         for column in columns:
             if starts[column] != example:
                 earlier, example = [], starts[column]
-            out.append((list(earlier), int(values[column])))
+            out.append((list(earlier), int(values[column]), row, starts[column] - 1))
             earlier.append(int(values[column]))
     return out
 
@@ -235,26 +243,36 @@ def target_histories(labels: torch.Tensor, size: int, position_ids: torch.Tensor
     return _latest_rows(_earlier_targets(labels, position_ids), size)
 
 
-def _latest_rows(pairs: Sequence[tuple[list[int], int]], size: int) -> torch.Tensor:
-    rows = [latest(earlier, size) for earlier, _ in pairs]
+def _latest_rows(pairs: Sequence[Target], size: int) -> torch.Tensor:
+    rows = [latest(earlier, size) for earlier, *_ in pairs]
     return torch.tensor(rows, dtype=torch.long).reshape(len(rows), size)
 
 
-def target_seen_items(labels: torch.Tensor, position_ids: torch.Tensor | None = None) -> torch.Tensor:
-    """``(K, S)`` for each target of a ``catalog`` batch, the items to leave out of its softmax.
+def target_seen_items(labels: torch.Tensor, position_ids: torch.Tensor | None = None,
+                      prior_items: torch.Tensor | None = None) -> torch.Tensor:
+    """``(K, S)`` for each target of a ``catalog`` batch, the items to leave out of its softmax (-1 = none).
 
     They are the items of the earlier labelled lines of the same example (as
-    :func:`target_histories`, all of them, S = the longest such list, -1 padded), less the target
-    itself: a repeated item stays a reachable target. The window's unlabelled first line and the
-    items before the window are not in the batch, so they stay in the softmax.
+    :func:`target_histories`, all of them), less the target itself: a repeated item stays a
+    reachable target. Without ``prior_items`` the window's unlabelled first line and the items
+    before the window stay in the softmax (``catalog_head.mask_scope: window``); with it
+    (``(B, M, P)``, the batch's ``prior_items``: each example's items before its first labelled
+    line) they are left out too, again less the target (``mask_scope: user``).
     """
-    return _seen_rows(_earlier_targets(labels, position_ids))
+    return _seen_rows(_earlier_targets(labels, position_ids), prior_items)
 
 
-def _seen_rows(pairs: Sequence[tuple[list[int], int]]) -> torch.Tensor:
-    rows = [[item for item in earlier if item != target] for earlier, target in pairs]
+def _seen_rows(pairs: Sequence[Target], prior_items: torch.Tensor | None = None) -> torch.Tensor:
+    rows = [[item for item in earlier if item != target] for earlier, target, *_ in pairs]
     width = max((len(row) for row in rows), default=0)
-    return torch.tensor([row + [-1] * (width - len(row)) for row in rows], dtype=torch.long).reshape(len(rows), width)
+    seen = torch.tensor([row + [-1] * (width - len(row)) for row in rows], dtype=torch.long).reshape(len(rows), width)
+    if prior_items is None:
+        return seen
+    where = torch.tensor([(row, member) for *_, row, member in pairs], dtype=torch.long).reshape(len(pairs), 2)
+    targets = torch.tensor([target for _, target, *_ in pairs], dtype=torch.long)
+    prior = prior_items.cpu()[where[:, 0], where[:, 1]]  # (K, P): each target's example's items before the window
+    prior = prior.masked_fill(prior == targets[:, None], -1)
+    return torch.cat([prior, seen], dim=1)
 
 
 def masked_seen(scores: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
@@ -272,21 +290,32 @@ def masked_seen(scores: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
 LossFunction = Callable[[nn.Module, Any], torch.Tensor]  # (model, batch) -> scalar
 
 
-def feed_target_histories(loss_fn: LossFunction, mask_history: bool = False) -> LossFunction:
+def feed_target_histories(loss_fn: LossFunction, mask_history: bool = False, mask_scope: str = "window") -> LossFunction:
     """``loss_fn`` that hands the attached head each target's history (:func:`target_histories`) first,
     and with ``mask_history`` each target's earlier items to leave out of its softmax
-    (:func:`target_seen_items`, ``catalog_head.mask_history``).
+    (:func:`target_seen_items`, ``catalog_head.mask_history``); ``mask_scope="user"`` reads the
+    batch's ``prior_items`` for the items before each window.
 
     A no-op wrapper for heads without ``history_pool`` when ``mask_history`` is off.
+
+    Raises:
+        ValueError: ``mask_scope="user"`` and a batch without ``prior_items`` (examples built
+            without the column, or a collate that drops it).
     """
 
     def loss(model: nn.Module, batch: Any) -> torch.Tensor:
         head = attached_head(model)
         if head is None or (head.pool is None and not mask_history):
             return loss_fn(model, batch)
+        prior = None
+        if mask_history and mask_scope == "user":
+            prior = batch.get("prior_items")
+            if prior is None:
+                raise ValueError("catalog_head.mask_scope=user needs the examples' prior_items in every batch; "
+                                 "this batch has none (build the catalog examples with the prior_items column)")
         pairs = _earlier_targets(batch["labels"], batch.get("position_ids"))  # one pass over the labels for both
         history = None if head.pool is None else _latest_rows(pairs, head.history_pool).to(head.device)
-        seen = _seen_rows(pairs).to(head.device) if mask_history else None
+        seen = _seen_rows(pairs, prior).to(head.device) if mask_history else None
         with head.feeding(history, seen):
             return loss_fn(model, batch)
 

@@ -172,7 +172,8 @@ def build_data(run_cfg: RunConfig, tokenizer: Any, model_dtype: torch.dtype = to
     dataset = _prepared(run_cfg, dataset)
     examples = build_examples(dataset, tokenizer, prompt_cfg, train_cfg.format, train_cfg.max_seq_len,
                               Path(run_cfg.data.prepared_dir) / "cache")
-    examples = examples.select_columns(["input_ids", "labels", "num_targets"])
+    user_mask = train_cfg.format == "catalog" and run_cfg.catalog_head.mask_history and run_cfg.catalog_head.mask_scope == "user"
+    examples = examples.select_columns(["input_ids", "labels", "num_targets", *(["prior_items"] if user_mask else [])])
     pad_id = int(tokenizer.pad_token_id)
     info: dict[str, Any] = {"dataset_dir": str(dataset.root), "catalog_fingerprint": dataset.fingerprint,
                             "train_examples": len(examples)}

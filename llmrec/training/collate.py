@@ -18,6 +18,11 @@ Packing (:func:`pack_examples` + :func:`packed_collate`) concatenates examples i
   CPU too); it costs no (B, T, T) tensor.
 
 Padding rows of a packed batch form their own block, so no query row is fully masked (no NaN).
+
+Examples with a ``prior_items`` column (``catalog`` examples for ``catalog_head.mask_scope: user``)
+also give ``prior_items`` ``(B, M, P)``: row ``b``'s ``m``-th example's items, -1 padded (M = 1
+when padding). Models never see it (:func:`llmrec.training.loss.model_inputs`); the catalog head's
+loss wrapper reads it.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ def pad_collate(
 
     Returns:
         ``input_ids`` (B, T) long, ``attention_mask`` (B, T) long (1 = token), ``labels`` (B, T)
-        long with -100 on padding.
+        long with -100 on padding; ``prior_items`` (B, 1, P) when the examples carry them.
     """
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding_side must be left or right, got {padding_side!r}")
@@ -60,7 +65,21 @@ def pad_collate(
         input_ids[row, span] = torch.as_tensor(ids, dtype=torch.long)
         labels[row, span] = torch.as_tensor(row_labels, dtype=torch.long)
         attention_mask[row, span] = 1
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+    out = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+    if "prior_items" in examples[0]:
+        out["prior_items"] = prior_items_tensor([[e["prior_items"]] for e in examples])
+    return out
+
+
+def prior_items_tensor(rows: Sequence[Sequence[Sequence[int]]]) -> torch.Tensor:
+    """``(B, M, P)`` long from each row's examples' item lists, -1 padded on the right."""
+    members = max((len(row) for row in rows), default=0)
+    width = max((len(items) for row in rows for items in row), default=0)
+    out = torch.full((len(rows), members, width), -1, dtype=torch.long)
+    for b, row in enumerate(rows):
+        for m, items in enumerate(row):
+            out[b, m, :len(items)] = torch.as_tensor(list(items), dtype=torch.long)
+    return out
 
 
 def pack_plan(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
@@ -97,7 +116,8 @@ class PackedDataset(torch.utils.data.Dataset):  # type: ignore[type-arg]
     """Rows of packed examples, read lazily from the source dataset.
 
     Each row is ``{"input_ids", "labels", "seq_lens", "num_targets"}`` with the examples
-    concatenated in plan order; ``seq_lens`` keeps their boundaries.
+    concatenated in plan order; ``seq_lens`` keeps their boundaries. A source with ``prior_items``
+    adds them as one list per example, in the same order.
     """
 
     def __init__(self, source: Any, plan: list[list[int]], max_tokens: int):
@@ -113,12 +133,15 @@ class PackedDataset(torch.utils.data.Dataset):  # type: ignore[type-arg]
         for member in members:
             input_ids.extend(member["input_ids"])
             labels.extend(member.get("labels", member["input_ids"]))
-        return {
+        row_out: dict[str, Any] = {
             "input_ids": input_ids,
             "labels": labels,
             "seq_lens": [len(m["input_ids"]) for m in members],
             "num_targets": sum(int(m.get("num_targets", 0)) for m in members),
         }
+        if members and "prior_items" in members[0]:
+            row_out["prior_items"] = [list(m["prior_items"]) for m in members]
+        return row_out
 
 
 def pack_examples(dataset: Any, max_tokens: int) -> PackedDataset:
@@ -149,7 +172,8 @@ def packed_collate(
 
     Returns:
         ``input_ids`` (B, T), ``labels`` (B, T), ``position_ids`` (B, T), and with ``mask="4d"``
-        ``attention_mask`` (B, 1, T, T) of ``mask_dtype``.
+        ``attention_mask`` (B, 1, T, T) of ``mask_dtype``; ``prior_items`` (B, M, P) when the rows
+        carry them (M = the most examples in a row).
     """
     if mask not in MASK_MODES:
         raise ValueError(f"mask must be one of {MASK_MODES}, got {mask!r}")
@@ -179,6 +203,8 @@ def packed_collate(
     out = {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
     if mask == "4d":
         out["attention_mask"] = block_causal_mask(segment_ids, mask_dtype)
+    if "prior_items" in rows[0]:
+        out["prior_items"] = prior_items_tensor([r["prior_items"] for r in rows])
     return out
 
 

@@ -1,7 +1,8 @@
 """Training examples for decoder fine-tuning, as a tokenized (and cached) ``datasets.Dataset``.
 
 Columns: ``input_ids`` (list[int]), ``labels`` (list[int], -100 where there is no loss; labels are
-*not* shifted, the model shifts them), ``user_id`` (str), ``num_targets`` (items with loss).
+*not* shifted, the model shifts them), ``user_id`` (str), ``num_targets`` (items with loss),
+``prior_items`` (list[int], ``catalog`` only).
 
 Four formats (``fmt``):
 
@@ -26,7 +27,10 @@ Four formats (``fmt``):
 * ``catalog``: the windows of ``item_span``, but each line after the window's first carries one
   label, the item's **catalog index**, on its first token: the position before it (the previous
   line's newline) is trained to pick the item out of the whole catalog with the catalog head
-  (:mod:`llmrec.modeling.catalog_head`), which replaces the vocabulary for this format.
+  (:mod:`llmrec.modeling.catalog_head`), which replaces the vocabulary for this format. Column
+  ``prior_items`` holds the catalog indices of the user's items before the window's first labelled
+  line (the window's first line and everything before the window), for
+  ``catalog_head.mask_scope: user``; it is empty in the other formats.
 * ``interest_tags``: the ``interest_tags`` prompt before position ``t`` and the categories of item
   ``t`` as the answer (:mod:`llmrec.tags.finetune`), to fine-tune the decoder tag head.
 
@@ -48,7 +52,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -74,13 +78,14 @@ if TYPE_CHECKING:
 
 EXAMPLE_FORMATS = ("item_span", "catalog", "prompt_completion", "interest_tags")
 IGNORE_INDEX = -100  # label of tokens without loss (the value transformers' loss ignores)
-EXAMPLES_VERSION = 1  # bump when the example layout changes, so old caches are not reused
+EXAMPLES_VERSION = 2  # bump when the example layout changes, so old caches are not reused
 FEATURES = datasets.Features(
     {
         "input_ids": datasets.List(datasets.Value("int32")),
         "labels": datasets.List(datasets.Value("int32")),
         "user_id": datasets.Value("string"),
         "num_targets": datasets.Value("int32"),
+        "prior_items": datasets.List(datasets.Value("int32")),
     }
 )
 _CHUNK = 4096  # examples per Arrow chunk while building
@@ -95,6 +100,7 @@ class Example:
     user_id: str
     num_targets: int
     text: str | None = None
+    prior_items: list[int] = field(default_factory=list)  # catalog: the user's items before the first labelled line
 
 
 def build_examples(
@@ -238,7 +244,8 @@ class ExampleBuilder:
                 else:
                     labels.extend(ids)
             self._check_length(input_ids, sequence.user_id)
-            yield Example(input_ids, labels, sequence.user_id, end - start - 1, "".join(s.text for s in segments))
+            prior = list(sequence.items[:start + 1]) if self.fmt == "catalog" else []
+            yield Example(input_ids, labels, sequence.user_id, end - start - 1, "".join(s.text for s in segments), prior)
             emitted += 1
             end = start + 1
 
@@ -296,6 +303,7 @@ def to_dataset(rows: Sequence[Example]) -> datasets.Dataset:
             "labels": [r.labels for r in rows],
             "user_id": [r.user_id for r in rows],
             "num_targets": [r.num_targets for r in rows],
+            "prior_items": [r.prior_items for r in rows],
         },
         features=FEATURES,
     )

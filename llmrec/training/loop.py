@@ -297,7 +297,7 @@ def train(
         eval_fn = catalog_validation_fn(run_cfg, accelerator, dataset)
     if original_head is not None:
         # a head with history_pool needs each target's earlier items; mask_history leaves them out of its softmax
-        loss_fn = feed_target_histories(loss_fn, run_cfg.catalog_head.mask_history)
+        loss_fn = feed_target_histories(loss_fn, run_cfg.catalog_head.mask_history, run_cfg.catalog_head.mask_scope)
     data = data if data is not None else build_data(run_cfg, tokenizer, next(model.parameters()).dtype, dataset)
     loss_fn = compute_dtype_loss(loss_fn, model, accelerator, train_cfg.mixed_precision)
     train_loader = build_dataloader(data.train, data.collate, train_cfg.batch_size, True, train_cfg.seed,

@@ -166,7 +166,7 @@ def adapters_follow_autocast(loss_fn: LossT, autocast_device: str | None = None)
 
 def model_inputs(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The batch without ``labels`` and the bookkeeping columns models do not take."""
-    return {k: v for k, v in batch.items() if k not in ("labels", "num_targets", "seq_lens")}
+    return {k: v for k, v in batch.items() if k not in ("labels", "num_targets", "seq_lens", "prior_items")}
 
 
 def causal_lm_loss_on_labels(

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import torch
 
+from llmrec.benchmark import BenchmarkConfig
 from llmrec.config import ConfigError, PromptConfig, load_config
 from llmrec.data.dataset import PreparedDataset
 from llmrec.evaluation.evaluate import evaluate
@@ -72,10 +73,12 @@ def prompt_cfg() -> PromptConfig:
     return PromptConfig(template="next_item", max_history_items=6, max_history_tokens=200, include_year=True)
 
 
-def first_catalog_batch(dataset: PreparedDataset, tokenizer: Any) -> tuple[Any, dict[str, torch.Tensor]]:
-    """The first user's first ``catalog`` example and a one-row batch of it."""
+def first_catalog_batch(dataset: PreparedDataset, tokenizer: Any, min_prior: int = 0) -> tuple[Any, dict[str, torch.Tensor]]:
+    """The first ``catalog`` example (of the first user, or the first with ``min_prior`` items before
+    its first labelled line) and a one-row batch of it."""
     builder = ExampleBuilder(dataset, load_template("next_item"), tokenizer, prompt_cfg(), 256, "catalog")
-    example = next(builder.item_span(training_sequences(dataset)[0]))
+    examples = (e for sequence in training_sequences(dataset) for e in builder.item_span(sequence))
+    example = next(e for e in examples if len(e.prior_items) >= min_prior)
     batch = {"input_ids": torch.tensor([example.input_ids]), "labels": torch.tensor([example.labels]),
              "attention_mask": torch.ones(1, len(example.input_ids), dtype=torch.long)}
     return example, batch
@@ -213,6 +216,21 @@ def test_target_seen_items_are_every_earlier_item_of_the_example_but_the_target(
     assert target_seen_items(torch.full((2, 4), x)).shape == (0, 0)
 
 
+def test_user_scope_seen_items_add_each_examples_prior_items_but_the_target():
+    x = IGNORE_INDEX
+    labels = torch.tensor([[x, x, 7, x, 3, x, 7, x, 9],  # targets 7, 3, 7, 9 after prior items 1, 9, 2
+                           [x, 4, x, 6, x, x, 2, x, 8]])  # packed: A (4, 6) after 5, then B (2, 8) after 4, 11
+    positions = torch.tensor([[0, 1, 2, 3, 4, 5, 6, 7, 8],
+                              [0, 1, 2, 3, 4, 0, 1, 2, 3]])
+    prior = torch.tensor([[[1, 9, 2], [-1, -1, -1]],
+                          [[5, -1, -1], [4, 11, -1]]])  # (B, M, P) as packed_collate gives it
+    expected = [[1, 9, 2, -1, -1, -1], [1, 9, 2, 7, -1, -1], [1, 9, 2, 3, -1, -1], [1, -1, 2, 7, 3, 7],  # 9 stays reachable as a target
+                [5, -1, -1, -1, -1, -1], [5, -1, -1, 4, -1, -1], [4, 11, -1, -1, -1, -1], [4, 11, -1, 2, -1, -1]]
+    assert target_seen_items(labels, positions, prior).tolist() == expected
+    # unpacked rows (no position ids) read member 0 of their row
+    assert target_seen_items(labels[:1], None, prior[:1, :1]).tolist() == expected[:4]
+
+
 def test_masked_seen_puts_minus_infinity_at_each_rows_own_items_only():
     scores = torch.randn(1, 3, 6)  # (B, K, N) as a model with logits_to_keep may hand them
     seen = torch.tensor([[-1, -1], [4, 0], [2, -1]])
@@ -245,6 +263,29 @@ def test_mask_history_leaves_each_targets_earlier_items_out_of_its_softmax(datas
     assert float(masked) < float(plain)  # fewer competitors, lower loss
     assert head._seen is None  # nothing stays fed after the step
     masked.backward()
+    assert head.proj.weight.grad is not None and torch.isfinite(head.proj.weight.grad).all()
+
+
+def test_user_scope_mask_also_leaves_the_items_before_the_window_out(dataset: PreparedDataset, tokenizer: Any):
+    model = tiny_llama(len(tokenizer))
+    head = build_catalog_head(model, tokenizer, dataset.catalog, prompt_cfg(), residuals=False)
+    attach_catalog_head(model, head)
+    example, batch = first_catalog_batch(dataset, tokenizer, min_prior=3)  # a window well into its history
+    with pytest.raises(ValueError, match="prior_items"):
+        feed_target_histories(causal_lm_loss_on_labels, mask_history=True, mask_scope="user")(model, batch)
+    batch["prior_items"] = torch.tensor([[example.prior_items]])  # (1, 1, P) as pad_collate gives it
+    window = feed_target_histories(causal_lm_loss_on_labels, mask_history=True)(model, batch)
+    user = feed_target_histories(causal_lm_loss_on_labels, mask_history=True, mask_scope="user")(model, batch)
+    hidden = model.model(input_ids=batch["input_ids"]).last_hidden_state[0]  # (T, d)
+    labels = torch.tensor(example.labels)
+    where = (labels != IGNORE_INDEX).nonzero().squeeze(1)
+    targets = labels[where].tolist()
+    logits = head(hidden[where - 1])
+    for j, target in enumerate(targets):
+        logits[j, [item for item in [*example.prior_items, *targets[:j]] if item != target]] = float("-inf")
+    torch.testing.assert_close(user, torch.nn.functional.cross_entropy(logits, labels[where]), rtol=1e-5, atol=1e-6)
+    assert float(user) < float(window)  # the items before the window are competitors no more
+    user.backward()
     assert head.proj.weight.grad is not None and torch.isfinite(head.proj.weight.grad).all()
 
 
@@ -385,6 +426,19 @@ def test_masked_recipe_is_the_views_recipe_with_mask_history_only():
     assert masked.train.output_dir != views.train.output_dir
     masked.catalog_head.mask_history, masked.train.output_dir = False, views.train.output_dir
     assert masked == views
+
+
+def test_masked_user_recipe_is_the_masked_recipe_with_the_user_scope_only():
+    configs = REPO / "configs" / "ml100k"
+    masked = load_config([str(configs / "smollm2-catalog-masked.yaml")])
+    user = load_config([str(configs / "smollm2-catalog-masked-user.yaml")])
+    assert user.catalog_head.mask_scope == "user" and masked.catalog_head.mask_scope == "window"
+    assert user.train.output_dir != masked.train.output_dir
+    user.catalog_head.mask_scope, user.train.output_dir = "window", masked.train.output_dir
+    assert user == masked
+    bench = load_config([str(configs / "benchmark-llm-catalog-masked-user.yaml")], schema=BenchmarkConfig)
+    (row,) = [m for m in bench.models if m.name == "llm"]  # beside the shared baselines (tests/test_configs.py)
+    assert row.params["config"] == ["configs/ml100k/smollm2-catalog-masked-user.yaml"]
 
 
 def test_shallow_recipe_is_the_pool_recipe_on_the_first_ten_blocks_and_every_window():
@@ -609,8 +663,37 @@ def test_head_settings_are_validated():
     for bad in ("[20, 0]", "[20, -7]", "[20, 20]", "[true]"):
         with pytest.raises(ConfigError, match="catalog_head.history_views"):
             load_config([RECIPE], [f"catalog_head.history_views={bad}"])
+    assert load_config([RECIPE], ["catalog_head.mask_history=true", "catalog_head.mask_scope=user"]).catalog_head.mask_scope == "user"
+    with pytest.raises(ConfigError, match="catalog_head.mask_scope must be one of window, user"):
+        load_config([RECIPE], ["catalog_head.mask_history=true", "catalog_head.mask_scope=session"])
+    with pytest.raises(ConfigError, match="mask_scope=user needs catalog_head.mask_history: true"):
+        load_config([RECIPE], ["catalog_head.mask_scope=user"])
     with pytest.raises(ConfigError, match="catalog_head.history_views needs train.format: catalog"):
         load_config([RECIPE], ["train.format=item_span", "catalog_head.history_views=[20, 7]"])
+
+
+def test_user_scope_training_hands_the_loss_each_packed_examples_prior_items(tmp_path: Path, dataset: PreparedDataset,
+                                                                             tokenizer_dir: Path, monkeypatch: pytest.MonkeyPatch):
+    import llmrec.modeling.catalog_head as catalog_head_module
+
+    seen_priors: list[tuple[int, ...]] = []
+    real = catalog_head_module._seen_rows
+
+    def recording(pairs: Any, prior_items: torch.Tensor | None = None) -> torch.Tensor:
+        assert prior_items is not None
+        seen_priors.append(tuple(prior_items.shape))
+        return real(pairs, prior_items)
+
+    monkeypatch.setattr(catalog_head_module, "_seen_rows", recording)
+    overrides = [*tiny_recipe_overrides(tokenizer_dir), "model.num_layers=1", "train.packing=true",
+                 "catalog_head.mask_history=true", "catalog_head.mask_scope=user", "prompt.max_history_items=5",
+                 "catalog_head.history_views=[5, 3]"]  # short windows: several items before most of them
+    params = {"config": [RECIPE], "overrides": overrides, "output_dir": str(tmp_path / "run"), "valid_users": 3,
+              "device": "cpu", "scoring": "catalog_head"}
+    build_and_train(dataset, params, seed=0)
+    assert seen_priors and all(len(shape) == 3 and shape[0] == 2 for shape in seen_priors)  # (B, M, P), each step
+    assert any(shape[1] > 1 for shape in seen_priors)  # rows hold several examples
+    assert any(shape[2] > 1 for shape in seen_priors)  # and windows with several items before them
 
 
 def test_the_training_loop_gives_the_head_its_learning_rate(trained: dict[str, Any]):

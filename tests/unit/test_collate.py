@@ -13,6 +13,7 @@ from llmrec.training.collate import (
     packed_collate,
     pad_collate,
 )
+from llmrec.training.loss import model_inputs
 from tests.tiny import tiny_llama
 
 LENGTHS = [7, 13, 5, 20, 9, 3, 16]
@@ -39,6 +40,27 @@ def test_pad_collate_right_and_left():
     assert left["labels"].tolist() == [[-100, -100, 6, 7], [-100, -100, -100, 8]]
     with pytest.raises(ValueError, match="padding_side"):
         pad_collate(examples, 0, padding_side="middle")
+
+
+def test_prior_items_travel_beside_the_batch_and_never_reach_the_model():
+    examples = [{"input_ids": [5, 6, 7], "labels": [-100, 6, 7], "prior_items": [3, 1]},
+                {"input_ids": [8, 9], "labels": [-100, 9], "prior_items": [4]},
+                {"input_ids": [2, 3], "labels": [-100, 3], "prior_items": []}]
+    padded = pad_collate(examples, pad_token_id=0)
+    assert padded["prior_items"].tolist() == [[[3, 1]], [[4, -1]], [[-1, -1]]]  # (B, 1, P), -1 padded
+    assert "prior_items" not in model_inputs(padded) and "input_ids" in model_inputs(padded)
+    assert "prior_items" not in pad_collate([{k: e[k] for k in ("input_ids", "labels")} for e in examples], 0)
+    packed = pack_examples(examples, 5)
+    rows = [packed[i] for i in range(len(packed))]
+    assert [len(row["prior_items"]) for row in rows] == [len(row["seq_lens"]) for row in rows]  # one list per example
+    batch = packed_collate(rows, pad_token_id=0)
+    members = max(len(row["seq_lens"]) for row in rows)
+    assert batch["prior_items"].shape == (len(rows), members, 2)
+    for b, row in enumerate(rows):
+        for m, prior in enumerate(row["prior_items"]):
+            assert batch["prior_items"][b, m].tolist() == prior + [-1] * (2 - len(prior))
+        assert (batch["prior_items"][b, len(row["prior_items"]):] == -1).all()  # absent members: all -1
+    assert "prior_items" not in model_inputs(batch)
 
 
 def test_pack_plan_fits_every_example_once_and_is_deterministic():

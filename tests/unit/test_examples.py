@@ -80,7 +80,8 @@ def test_prompt_completion_layout(tmp_path, tiny_tokenizer):
     data = make_dataset(tmp_path / "data")
     built = build_examples(data, tiny_tokenizer, PromptConfig(), "prompt_completion", max_seq_len=256)
     assert len(built) == sum(n - 1 for n in (12, 5, 3, 9))
-    assert set(built.column_names) == {"input_ids", "labels", "user_id", "num_targets"}
+    assert set(built.column_names) == {"input_ids", "labels", "user_id", "num_targets", "prior_items"}
+    assert all(prior == [] for prior in built["prior_items"])  # a catalog-only column
     train = {s.user_id: s for s in data.sequences(("train",))}
     for row in built:
         (span,) = labeled_spans(row["labels"])
@@ -151,6 +152,25 @@ def test_window_shifts_cut_each_history_again_with_moved_boundaries(tmp_path, ti
         targets = [t for r in three if r["user_id"] == user for t in window_items(tiny_tokenizer, r)[1:]]
         assert sorted(targets) == sorted(3 * [item_text(data.catalog[i]) for i in sequence.items[1:]])
     assert sum(three["num_targets"]) == 3 * sum(one["num_targets"])
+
+
+def test_catalog_examples_carry_the_users_items_before_their_first_labelled_line(tmp_path, tiny_tokenizer):
+    data = make_dataset(tmp_path / "data")
+    cfg = PromptConfig(max_history_items=4, window_shifts=3)
+    built = build_examples(data, tiny_tokenizer, cfg, "catalog", max_seq_len=256)
+    train = {s.user_id: s for s in data.sequences(("train",))}
+    before_window = 0
+    for row in built:
+        prior, targets = row["prior_items"], [label for label in row["labels"] if label != IGNORE_INDEX]
+        items = list(train[row["user_id"]].items)
+        # the items before the window, the window's unlabelled first line, then its targets: a prefix of the history
+        assert prior + targets == items[:len(prior) + len(targets)] and len(targets) == row["num_targets"]
+        assert tiny_tokenizer.decode(row["input_ids"]).split("Watched movies:\n", 1)[1].splitlines()[0] == (
+            item_text(data.catalog[prior[-1]]))  # the window's first line is the last prior item
+        before_window += len(prior) > 1
+    assert before_window > 0  # some windows start after the history's first item
+    spans = build_examples(data, tiny_tokenizer, cfg, "item_span", max_seq_len=256)
+    assert all(prior == [] for prior in spans["prior_items"])  # a catalog-only column
 
 
 def test_window_shift_sizes_and_their_config_checks():
