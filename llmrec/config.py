@@ -296,6 +296,13 @@ def load_yaml(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]
     return _resolved(path, tree, data)
 
 
+def load_params(path: str | Path) -> dict[str, Any]:
+    """One YAML mapping read on its own (``evaluate --params``): its includes merged under it and its
+    own append keys resolved, so ``config+: [b.yaml]`` extends an included ``config`` list (or starts
+    one) instead of reaching the model as a key named ``config+``."""
+    return _resolved(Path(path), {}, load_yaml(path))
+
+
 def _resolved(path: Path, tree: dict[str, Any], data: Mapping[str, Any]) -> dict[str, Any]:
     """:func:`deep_merge` of a file's own keys over its includes, a bad append key named with the file."""
     try:

@@ -97,7 +97,7 @@ def evaluate_command(
     settings: list[str] | None = typer.Option(None, "--set", help="an inference setting of the run, key.sub=value (e.g. prompt.max_history_items=40); repeatable"),
 ) -> None:
     """Evaluate one model (a registry baseline trained here, or a run directory) with full ranking."""
-    from llmrec.config import load_yaml
+    from llmrec.config import ConfigError, load_params
     from llmrec.data.dataset import PreparedDataset
     from llmrec.evaluation.evaluate import evaluate, write_metrics, write_ranks
     from llmrec.io import atomic_dir
@@ -120,8 +120,12 @@ def evaluate_command(
     settings = settings or []
     if settings and run is None:
         raise typer.BadParameter("--set applies to a run directory (--run)")
+    try:
+        model_params = load_params(params) if params else {}
+    except ConfigError as err:
+        raise typer.BadParameter(f"--params: {err}") from None
     dataset = PreparedDataset.load(dataset_dir)
-    scorer = _load_model(dataset, model, run, load_yaml(params) if params else {}, seed, scoring, settings)
+    scorer = _load_model(dataset, model, run, model_params, seed, scoring, settings)
     cases = sample_cases(dataset.eval_cases(split), users, seed)
     result = evaluate(scorer, cases, len(dataset.catalog), batch_size=batch_size, sampled_negatives=sampled_negatives, seed=seed)
     extra = {"dataset_dir": str(dataset_dir), "split": split, "model": model or str(run), "seed": seed,

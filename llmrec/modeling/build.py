@@ -4,7 +4,7 @@ Where a model can come from (``resolve_model_source``):
 
 * a named asset (``smollm2-135m-instruct``, ``all-minilm-l6-v2``) fetched by ``llmrec.assets``;
 * a local Hugging Face directory (``config.json`` + ``*.safetensors``);
-* a ``.gguf`` file, or a directory / hub id plus ``gguf_file`` (dequantized by transformers);
+* a ``.gguf`` file, or a directory / hub id plus ``gguf_file`` (always dequantized: see ``_gguf_kwargs``);
 * a hub id (``HuggingFaceTB/SmolLM2-135M-Instruct``), honoring ``HF_HUB_OFFLINE``;
 * ``random_init_config``: a random model of that config (tests, throughput), tokenizer from
   ``tokenizer`` or ``name_or_path``.
@@ -222,7 +222,25 @@ def _pretrained_model(
         from llmrec.modeling.lora import quantization_config
 
         kwargs["quantization_config"] = quantization_config(dtype)
+    elif source.gguf_file is not None:
+        kwargs.update(_gguf_kwargs())
     return _auto_class(task).from_pretrained(source.path, **kwargs)
+
+
+def _gguf_kwargs() -> dict[str, Any]:
+    """Ask transformers to unpack a GGUF file into plain dense weights, whatever the machine.
+
+    From transformers 5.25 a GGUF load keeps its weights packed (``GgufLinear``) wherever the
+    ``kernels`` package can fetch a matmul kernel from the hub, and unpacks them only where it
+    cannot (offline, as here). The same config would then give ``nn.Linear`` layers offline and
+    packed, frozen-quantized layers online, which LoRA targets and training numerics both depend
+    on; ``dequantize=True`` gives the dense model everywhere (earlier releases always did).
+    """
+    try:
+        from transformers import GgufConfig  # type: ignore[attr-defined,unused-ignore]
+    except ImportError:  # transformers < 5.25 always dequantizes
+        return {}
+    return {"quantization_config": GgufConfig(dequantize=True)}
 
 
 def model_source_for(model_cfg: ModelConfig) -> ModelSource | None:

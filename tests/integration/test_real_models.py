@@ -46,6 +46,10 @@ def test_smollm2_gguf_lora_three_steps(tmp_path: Path, ml100k: Path) -> None:
     set_seed(0)
     model, tokenizer = build_model(cfg.model, cfg.lora)
     assert tokenizer.padding_side == "left" and tokenizer.pad_token_id is not None
+    # a dense model wherever it is built: transformers >= 5.25 would keep the GGUF blocks packed (and
+    # attach its GGUF quantizer) on a machine whose `kernels` can fetch a matmul kernel
+    assert getattr(model.get_base_model(), "hf_quantizer", None) is None
+    assert getattr(model.get_base_model().config, "quantization_config", None) is None
     data = build_data(cfg, tokenizer)
     data.train.plan = data.train.plan[:8]  # a few packed rows are enough for 3 steps
     data.valid = None

@@ -141,6 +141,15 @@ def test_cli_benchmark_and_evaluate(tmp_path, data_dir):
     metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
     assert metrics["split"] == "test" and 0.0 <= metrics["metrics"]["ndcg@10"] <= 1.0
     assert len(pd.read_parquet(tmp_path / "e" / "ranks.parquet")) == 30
+    (tmp_path / "sasrec-base.yaml").write_text("hidden_size: 8\nnum_blocks: 1\ntrain: {max_len: 6}\n")
+    (tmp_path / "sasrec.yaml").write_text("include: sasrec-base.yaml\ntrain: {max_epochs: 1}\n")
+    done = runner.invoke(app, ["evaluate", "--model", "sasrec", "--params", str(tmp_path / "sasrec.yaml"),
+                               "--dataset-dir", str(data_dir), "--out", str(tmp_path / "s")])
+    assert done.exit_code == 0, done.output  # the included file's keys reach the builder with the file's own
+    (tmp_path / "sasrec.yaml").write_text("hidden_size: [8\n")
+    bad = runner.invoke(app, ["evaluate", "--model", "sasrec", "--params", str(tmp_path / "sasrec.yaml"),
+                              "--dataset-dir", str(data_dir), "--out", str(tmp_path / "s2")])
+    assert bad.exit_code != 0 and "sasrec.yaml" in bad.output and not (tmp_path / "s2").exists()
     bad = runner.invoke(app, ["benchmark", "--config", config, "--seeds", "a,b"])
     assert bad.exit_code != 0
     only = runner.invoke(app, ["benchmark", "--config", config, "--out", str(tmp_path / "o"), "--only", "pop"])

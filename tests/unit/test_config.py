@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from llmrec.config import ConfigError, RunConfig, dump_yaml, load_config
+from llmrec.config import ConfigError, RunConfig, dump_yaml, load_config, load_params
 
 
 def test_defaults_validate() -> None:
@@ -57,6 +57,18 @@ def test_a_plus_key_appends_to_the_included_list_and_a_plain_key_replaces_it(tmp
         (tmp_path / "bad.yaml").write_text("include: base.yaml\n" + bad)
         with pytest.raises(ConfigError, match=r"bad\.yaml: .*" + match):
             load_config([tmp_path / "bad.yaml"])
+
+
+def test_a_params_file_read_alone_resolves_its_includes_and_append_keys(tmp_path) -> None:
+    (tmp_path / "base.yaml").write_text("config: [a.yaml]\nscoring: beam\n")
+    (tmp_path / "more.yaml").write_text("include: base.yaml\nconfig+: [b.yaml]\nvalid_users: null\n")
+    assert load_params(tmp_path / "more.yaml") == {"config": ["a.yaml", "b.yaml"], "scoring": "beam",
+                                                    "valid_users": None}
+    (tmp_path / "alone.yaml").write_text("config+: [c.yaml]\nnested:\n  ks+: [5]\n")
+    assert load_params(tmp_path / "alone.yaml") == {"config": ["c.yaml"], "nested": {"ks": [5]}}  # no "config+" key left
+    (tmp_path / "bad.yaml").write_text("config+: c.yaml\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: .*appends a list to a list"):
+        load_params(tmp_path / "bad.yaml")
 
 
 def test_include_errors_name_the_file(tmp_path) -> None:
