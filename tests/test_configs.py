@@ -57,3 +57,17 @@ def test_catalog_llm_benchmarks_add_their_rows_to_the_shared_baselines() -> None
         assert config.models[: len(base.models)] == base.models, path.name
         assert all(model.name == "llm" for model in config.models[len(base.models):]), path.name
         assert config.eval == base.eval and config.num_threads == base.num_threads, path.name
+
+
+def test_benchmark_files_on_the_shared_base_keep_its_split_and_evaluator() -> None:
+    """A file that includes benchmark-base.yaml and appends (`models+:`) starts with the base's three baseline rows."""
+    from llmrec.benchmark import BenchmarkConfig
+
+    base = load_config([CONFIGS / "ml100k" / "benchmark-base.yaml"], schema=BenchmarkConfig)
+    including = [p for p in ALL_YAML if "include: benchmark-base.yaml" in p.read_text(encoding="utf-8")]
+    assert len(including) >= 10
+    for path in including:
+        config = load_config([path], schema=BenchmarkConfig)
+        assert (config.data, config.eval, config.save_ranks) == (base.data, base.eval, base.save_ranks), path.name
+        if "models+:" in path.read_text(encoding="utf-8"):
+            assert config.models[: len(base.models)] == base.models, path.name
