@@ -45,29 +45,19 @@ def test_accelerate_config_loads(path: Path) -> None:
     assert "accelerate launch" in path.read_text(encoding="utf-8"), f"{path.name}: header must show its launch command"
 
 
-def test_catalog_llm_benchmarks_add_their_rows_to_the_shared_baselines() -> None:
-    """Their seeds merge with each other's baseline reports (llmrec merge-reports) only if the rows agree."""
+@pytest.mark.parametrize(("base_name", "at_least"), [("benchmark-base.yaml", 10), ("benchmark-llm-baselines.yaml", 9)])
+def test_benchmark_files_keep_the_split_evaluator_and_rows_they_include(base_name: str, at_least: int) -> None:
+    """Their seeds merge with each other's baseline reports (llmrec merge-reports) only if the rows agree:
+    a file that appends (`models+:`) starts with the included rows, and every includer keeps the split."""
     from llmrec.benchmark import BenchmarkConfig
 
-    base = load_config([CONFIGS / "ml100k" / "benchmark-llm-baselines.yaml"], schema=BenchmarkConfig)
-    including = [p for p in ALL_YAML if "include: benchmark-llm-baselines.yaml" in p.read_text(encoding="utf-8")]
-    assert len(including) >= 9
+    base = load_config([CONFIGS / "ml100k" / base_name], schema=BenchmarkConfig)
+    including = [p for p in ALL_YAML if f"include: {base_name}" in p.read_text(encoding="utf-8")]
+    assert len(including) >= at_least
     for path in including:
         config = load_config([path], schema=BenchmarkConfig)
-        assert config.models[: len(base.models)] == base.models, path.name
-        assert all(model.name == "llm" for model in config.models[len(base.models):]), path.name
-        assert config.eval == base.eval and config.num_threads == base.num_threads, path.name
-
-
-def test_benchmark_files_on_the_shared_base_keep_its_split_and_evaluator() -> None:
-    """A file that includes benchmark-base.yaml and appends (`models+:`) starts with the base's three baseline rows."""
-    from llmrec.benchmark import BenchmarkConfig
-
-    base = load_config([CONFIGS / "ml100k" / "benchmark-base.yaml"], schema=BenchmarkConfig)
-    including = [p for p in ALL_YAML if "include: benchmark-base.yaml" in p.read_text(encoding="utf-8")]
-    assert len(including) >= 10
-    for path in including:
-        config = load_config([path], schema=BenchmarkConfig)
-        assert (config.data, config.eval, config.save_ranks) == (base.data, base.eval, base.save_ranks), path.name
+        assert (config.data, config.eval, config.num_threads) == (base.data, base.eval, base.num_threads), path.name
         if "models+:" in path.read_text(encoding="utf-8"):
             assert config.models[: len(base.models)] == base.models, path.name
+        if base_name == "benchmark-llm-baselines.yaml":  # the catalog-head files add LLM rows only
+            assert all(model.name == "llm" for model in config.models[len(base.models):]), path.name
