@@ -4,8 +4,10 @@ Launch::
 
     python scripts/benchmark.py --config configs/ml100k/benchmark.yaml --out reports/ml100k --seeds 0,1,2
     python scripts/benchmark.py --config configs/ml100k/benchmark.yaml eval.split=valid
+    python scripts/benchmark.py --config configs/ml100k/benchmark-llm-gpu.yaml --seeds 0 --only pop,sasrec-window20
 
-Same as ``llmrec benchmark``; writes results.json, results.md, results.png and ranks/.
+Same as ``llmrec benchmark`` without the CLI's packages (typer), as on a bare GPU machine
+(``scripts/device_run.py``); writes results.json, results.md, results.png and ranks/.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import logging
 import shlex
 import sys
 
-from llmrec.benchmark import BenchmarkConfig, run_benchmark
+from llmrec.benchmark import BenchmarkConfig, run_benchmark, select_entries
 from llmrec.config import load_config
 
 
@@ -24,10 +26,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", "-c", action="append", required=True, help="benchmark YAML file(s)")
     parser.add_argument("--out", "-o", default=None, help="report directory (default: out_dir of the config)")
     parser.add_argument("--seeds", default=None, help="comma-separated seeds for models without their own")
+    parser.add_argument("--only", default=None, help="comma-separated labels: run only these rows")
     parser.add_argument("overrides", nargs="*", help="key.sub=value overrides")
     args = parser.parse_args(argv)
     overrides = list(args.overrides) + ([f"seeds=[{args.seeds}]"] if args.seeds else [])
     config = load_config(args.config, overrides, schema=BenchmarkConfig)
+    if args.only is not None:
+        config = select_entries(config, [label.strip() for label in args.only.split(",") if label.strip()])
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     command = " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv])
     report = run_benchmark(config, args.out, command=command)

@@ -409,3 +409,14 @@ tags: {{max_user_tokens: 32, pairs_per_user: 2}}
     loaded = run_tag_one(dataset, BenchmarkModel(name="tag_classifier", params={"run_dir": str(tmp_path / "tag-run")}),
                          0, EvalConfig())
     assert loaded["metrics"] == pytest.approx(trained["metrics"])
+
+
+def test_script_benchmark_runs_only_the_named_rows(tmp_path, data_dir, capsys):
+    """scripts/benchmark.py (what scripts/device_run.py calls on a GPU machine without the CLI's packages)
+    takes --only and --seeds like ``llmrec benchmark``."""
+    from scripts.benchmark import main
+
+    main(["--config", write_config(tmp_path, data_dir), "--seeds", "1", "--only", "sasrec", "--out", str(tmp_path / "r")])
+    saved = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert [(r["label"], r["seed"]) for r in saved["runs"]] == [("sasrec", 1)]
+    assert "sasrec" in capsys.readouterr().out
