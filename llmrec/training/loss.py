@@ -44,19 +44,30 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return inner  # type: ignore[no-any-return]
 
 
+# The helper through which transformers' models slice hidden states by ``logits_to_keep``; a model
+# module that imports it takes a boolean (B, T) mask. Older modules index ``hidden_states[:, keep, :]``
+# (an int or 1D tensor only), which a 2D mask breaks (IndexError in transformers 5.17's Llama).
+MASK_SLICER = "slice_logits_to_keep"
+
+
 @functools.lru_cache(maxsize=64)
 def _accepts_logits_to_keep(forward_type: Any) -> bool:
     forward = getattr(forward_type, "forward", None)
     if forward is None:
         return False
     try:
-        return "logits_to_keep" in inspect.signature(forward).parameters
+        takes_it = "logits_to_keep" in inspect.signature(forward).parameters
     except (TypeError, ValueError):
         return False
+    return takes_it and MASK_SLICER in getattr(inspect.unwrap(forward), "__globals__", {})
 
 
 def supports_logits_to_keep(model: torch.nn.Module) -> bool:
-    """Whether the (unwrapped) model's ``forward`` takes ``logits_to_keep`` (transformers >= 4.50 LMs)."""
+    """Whether the (unwrapped) model's ``forward`` takes a boolean (B, T) ``logits_to_keep`` mask.
+
+    True for transformers' models whose module slices with ``slice_logits_to_keep`` (recent 5.x);
+    models that take only an int or 1D ``logits_to_keep`` get full logits and the same gather.
+    """
     forward_type: Any = type(unwrap(model))
     return _accepts_logits_to_keep(forward_type)
 
@@ -192,8 +203,28 @@ def causal_lm_loss_on_labels(
         if supports_logits_to_keep(model):
             logits = model(**inputs, use_cache=False, logits_to_keep=keep).logits  # (K, V)
         else:
-            logits = model(**inputs, use_cache=False).logits[keep]  # (B, T, V) -> (K, V)
+            logits = logits_at_positions(model, inputs, keep)  # (K, V)
     return cross_entropy_fp32(logits, targets, normalizer)
+
+
+def logits_at_positions(model: torch.nn.Module, inputs: Mapping[str, Any], keep: torch.Tensor) -> torch.Tensor:
+    """The model's logits at the ``keep`` positions, for a model whose ``logits_to_keep`` takes no mask.
+
+    The model runs with its ``lm_head`` swapped for the identity, so its "logits" are the final
+    hidden states; the real head (an LM head or an attached catalog head, which expects the label
+    positions only) is then applied to the kept ones. Models that transform logits after the head
+    (``final_logit_softcapping``) or have no ``lm_head`` get full logits, then the same gather.
+    """
+    inner = unwrap(model)
+    head = getattr(inner, "lm_head", None)
+    if not isinstance(head, torch.nn.Module) or getattr(getattr(inner, "config", None), "final_logit_softcapping", None):
+        return cast(torch.Tensor, model(**inputs, use_cache=False).logits[keep])  # (B, T, V) -> (K, V)
+    inner.lm_head = torch.nn.Identity()
+    try:
+        hidden = model(**inputs, use_cache=False).logits  # (B, T, d): the identity's output
+    finally:
+        inner.lm_head = head
+    return cast(torch.Tensor, head(hidden[keep]))
 
 
 def causal_lm_loss_full(model: torch.nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:

@@ -242,6 +242,28 @@ def test_masked_seen_puts_minus_infinity_at_each_rows_own_items_only():
         masked_seen(scores, seen[:2])
 
 
+def test_the_head_trains_the_same_on_a_model_whose_logits_to_keep_takes_no_mask(dataset: PreparedDataset, tokenizer: Any,
+                                                                               monkeypatch: pytest.MonkeyPatch):
+    """transformers releases before the boolean ``logits_to_keep`` mask (5.17, the GPU image's) take the
+    fallback: the head, fed K histories and K seen-item rows, is applied to the K label positions only."""
+    from llmrec.training import loss as loss_module
+
+    model = tiny_llama(len(tokenizer))
+    head = build_catalog_head(model, tokenizer, dataset.catalog, prompt_cfg(), residuals=False, history_pool=3)
+    with torch.no_grad():
+        head.pool[1].weight.normal_(std=0.05)  # type: ignore[index]
+    attach_catalog_head(model, head)
+    _, batch = first_catalog_batch(dataset, tokenizer)
+    step = feed_target_histories(causal_lm_loss_on_labels, mask_history=True)
+    fast = step(model, batch)
+    monkeypatch.setattr(loss_module, "supports_logits_to_keep", lambda m: False)
+    fallback = step(model, batch)
+    torch.testing.assert_close(fallback, fast, rtol=1e-5, atol=1e-6)
+    fallback.backward()
+    assert model.lm_head is head and head.pool[1].weight.grad is not None  # type: ignore[index]
+    assert head.pool[1].weight.grad.abs().sum() > 0  # type: ignore[index]
+
+
 def test_mask_history_leaves_each_targets_earlier_items_out_of_its_softmax(dataset: PreparedDataset, tokenizer: Any):
     model = tiny_llama(len(tokenizer))
     head = build_catalog_head(model, tokenizer, dataset.catalog, prompt_cfg(), residuals=False)

@@ -112,7 +112,11 @@ def test_bf16_loss_agrees_with_fp32() -> None:
 
 def test_unwrap_reaches_the_transformers_model_and_no_targets_gives_zero() -> None:
     model = lora_llama()
-    assert type(unwrap(model)).__name__ == "LlamaForCausalLM" and supports_logits_to_keep(model)
+    assert type(unwrap(model)).__name__ == "LlamaForCausalLM"
+    # the mask path exactly where transformers' Llama slices with the helper that takes a boolean mask
+    import transformers.models.llama.modeling_llama as llama
+
+    assert supports_logits_to_keep(model) == hasattr(llama, "slice_logits_to_keep")
     logits = torch.randn(0, VOCAB, requires_grad=True)
     zero = cross_entropy_fp32(logits, torch.zeros(0, dtype=torch.long))
     assert zero.item() == 0.0 and zero.requires_grad
