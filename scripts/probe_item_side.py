@@ -51,27 +51,52 @@ from llmrec.prompts import PromptTemplate, load_template
 from llmrec.serialize import target_item
 
 LAST = 5  # history items the probe's user reads (--last)
+WEEK = 7 * 24 * 3600  # seconds (--time-context)
 SIDES = ("linear", "mlp", "ids")
 RECIPE = Path(__file__).resolve().parents[1] / "configs" / "ml100k" / "smollm2-catalog.yaml"
 
 
 class MeanOfLastItems(nn.Module):
-    """User = linear map of the mean of the last ``size`` item vectors; ``score(histories) -> (B, N)``."""
+    """User = linear map of the mean of the last ``size`` item vectors; ``score(histories) -> (B, N)``.
 
-    def __init__(self, head: CatalogHead, dim: int, size: int = LAST):
+    With ``weeks`` (a :class:`WeekOf`), a learned vector for the week of the history's latest event
+    is added to the user: when the user is, from their own log, not which items they are.
+    """
+
+    def __init__(self, head: CatalogHead, dim: int, size: int = LAST, weeks: WeekOf | None = None):
         super().__init__()
         self.head = head
         self.size = size
         self.user = nn.Linear(dim, dim, bias=False)
         nn.init.eye_(self.user.weight)
+        self.weeks = weeks
+        self.when = nn.Embedding(weeks.count, dim) if weeks is not None else None
+        if self.when is not None:
+            nn.init.zeros_(self.when.weight)
 
-    def forward(self, last: torch.Tensor) -> torch.Tensor:  # (B, size) item indices, -1 = none
+    def forward(self, last: torch.Tensor, week: torch.Tensor | None = None) -> torch.Tensor:  # (B, size) indices, -1 = none
         items = self.head.item_matrix()  # (N, d)
-        return self.user(mean_item_vector(last, items)) @ items.T  # (B, N)
+        user = self.user(mean_item_vector(last, items))
+        if self.when is not None and week is not None:
+            user = user + self.when(week)
+        return user @ items.T  # (B, N)
 
     @torch.no_grad()
     def score(self, histories: Sequence[UserSequence]) -> torch.Tensor:
-        return self(last_items([list(h.items) for h in histories], self.size))
+        week = self.weeks.of([h.timestamps[-1] if h.timestamps else None for h in histories]) if self.weeks else None
+        return self(last_items([list(h.items) for h in histories], self.size), week)
+
+
+class WeekOf:
+    """Week index of a timestamp (seconds) since the train split's first event, clipped to the train span."""
+
+    def __init__(self, train_timestamps: Sequence[int]):
+        self.start = min(train_timestamps)
+        self.count = (max(train_timestamps) - self.start) // WEEK + 2  # the last slot takes later weeks and "no history"
+
+    def of(self, timestamps: Sequence[int | None]) -> torch.Tensor:
+        return torch.tensor([self.count - 1 if t is None else min(max(0, (t - self.start) // WEEK), self.count - 1)
+                             for t in timestamps])
 
 
 def last_items(sequences: list[list[int]], size: int) -> torch.Tensor:
@@ -100,6 +125,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, float | str]]:
                         help="title texts carry the item's categories (Heat (1995) | Action, Crime, Thriller)")
     parser.add_argument("--mlp-width", type=int, default=0, help="title MLP width of the mlp side (0 = twice the model width)")
     parser.add_argument("--last", type=int, default=LAST, help="history items the probe's user averages")
+    parser.add_argument("--time-context", action="store_true",
+                        help="add a learned vector for the week of the history's latest event to the user")
     parser.add_argument("--out", type=Path)
     parser.add_argument("overrides", nargs="*", help="key.sub=value config overrides (e.g. a tiny model in tests)")
     args = parser.parse_args(argv)
@@ -115,23 +142,27 @@ def main(argv: list[str] | None = None) -> list[dict[str, float | str]]:
         titles = title_vectors(model.get_input_embeddings().weight, tokenizer, texts)
     titles = titles - titles.mean(0)
     titles = titles / titles.norm(dim=1, keepdim=True) * 3  # centred, unit length x 3
-    prefixes, targets = [], []
-    for sequence in data.sequences(("train",)):
+    prefixes, targets, whens = [], [], []
+    train = data.sequences(("train",))
+    for sequence in train:
         for j in range(1, len(sequence.items)):
             prefixes.append(list(sequence.items[max(0, j - args.last):j]))
             targets.append(sequence.items[j])
+            whens.append(sequence.timestamps[j - 1])
     inputs, labels = last_items(prefixes, args.last), torch.tensor(targets)
+    weeks = WeekOf([t for s in train for t in s.timestamps]) if args.time_context else None
+    week = weeks.of(whens) if weeks is not None else None
     rows: list[dict[str, float | str]] = []
     for side in args.sides:
         torch.manual_seed(0)
         width = (args.mlp_width or 2 * titles.shape[1]) if side == "mlp" else 0
         head = CatalogHead(titles, data.catalog.item_ids, residuals=side == "ids", mlp_hidden=width)
-        probe = MeanOfLastItems(head, titles.shape[1], args.last)
+        probe = MeanOfLastItems(head, titles.shape[1], args.last, weeks)
         optimizer = torch.optim.Adam(probe.parameters(), lr=1e-3)
         start = time.perf_counter()
         for _ in range(args.epochs):
             for batch in torch.randperm(len(labels)).split(512):
-                loss = nn.functional.cross_entropy(probe(inputs[batch]), labels[batch])
+                loss = nn.functional.cross_entropy(probe(inputs[batch], week[batch] if week is not None else None), labels[batch])
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
@@ -143,7 +174,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, float | str]]:
     if args.out:
         write_json(args.out, {"config": str(args.config), "epochs": args.epochs, "seed": 0, "split": args.split,
                               "title_source": args.title_source,
-                              "title_categories": args.title_categories, "last": args.last,
+                              "title_categories": args.title_categories, "last": args.last, "time_context": args.time_context,
                               "mlp_width": args.mlp_width, "overrides": args.overrides, "rows": rows})
     return rows
 

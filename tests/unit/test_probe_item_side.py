@@ -51,6 +51,10 @@ def test_probe_flags_change_what_is_probed_and_are_recorded(tmp_path: Path, tiny
                               (["--mlp-width", "24"], "mlp_width", 24)):
         loss, report = probe(*flags)
         assert report[key] == value and loss != base  # each flag changes the probe's training
+    # the week vectors start at zero, so they show from the second pass on
+    base, report = probe("--epochs", "2")
+    loss, report = probe("--epochs", "2", "--time-context")
+    assert report["time_context"] is True and loss != base
 
 
 def test_probe_texts_with_categories_are_history_lines_without_interaction_fields(tmp_path: Path) -> None:
@@ -66,3 +70,11 @@ def test_probe_texts_with_categories_are_history_lines_without_interaction_field
     with_categories = probe_texts(catalog, PromptConfig(include_rating=True), template, categories=True)
     for item, title, line in zip(catalog, plain, with_categories, strict=True):
         assert line == f"{title} | {', '.join(item.categories)}" if item.categories else line == title
+
+
+def test_week_of_counts_weeks_from_the_first_train_event_and_clips() -> None:
+    from scripts.probe_item_side import WEEK, WeekOf
+
+    weeks = WeekOf([1000, 1000 + 3 * WEEK + 5])
+    assert weeks.count == 5  # weeks 0-3 and one slot for later weeks or no history
+    assert weeks.of([1000, 1000 + WEEK, 999, 1000 + 10 * WEEK, None]).tolist() == [0, 1, 0, 4, 4]
