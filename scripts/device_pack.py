@@ -22,7 +22,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from llmrec.assets import MANIFEST, fetch, verify_entry
+from llmrec.assets import MANIFEST, fetch
 
 # Missing from the device image (its package list in the device tool's KINDS.md), or there in another
 # version than the one llmrec is tested with here. transformers stays the image's own: 5.25 needs a newer
@@ -55,6 +55,29 @@ def tree_size(root: Path) -> int:
     return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
 
 
+def pack_assets(model: Path, data: Path, a: Path, b: Path) -> None:
+    """Split ``model``'s GGUF between ``a`` and ``b`` and copy both cache entries' files into ``b``.
+
+    ``a`` already holds whatever else travels with the first call (the wheels): the split point
+    evens the two payloads out, since each call also carries the repository.
+    """
+    ggufs = sorted(model.glob("*.gguf"))
+    if len(ggufs) != 1:
+        raise SystemExit(f"expected one .gguf in {model}, found {len(ggufs)}")
+    data_files = [p for p in data.iterdir() if p.is_file()]
+    rest = sum(p.stat().st_size for p in data_files) + (model / MANIFEST).stat().st_size
+    gguf_size = ggufs[0].stat().st_size
+    first = max(1, min(gguf_size - 1, (gguf_size + rest - tree_size(a)) // 2))
+    a.mkdir(parents=True, exist_ok=True)
+    (b / MODEL).mkdir(parents=True)
+    (b / DATA).mkdir()
+    split_file(ggufs[0], a / "gguf.part1", b / "gguf.part2", first)
+    shutil.copy2(model / MANIFEST, b / MODEL / MANIFEST)
+    for path in data_files:
+        shutil.copy2(path, b / DATA / path.name)
+    (b / "gguf.name").write_text(ggufs[0].name + "\n", encoding="utf-8")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path(".device"), help="pack directory (default: .device)")
@@ -62,34 +85,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--python-version", default="3.12", help="the device's CPython (default: 3.12)")
     args = parser.parse_args(argv)
 
-    entries = {name: fetch(name) for name in (MODEL, DATA)}
-    for name, entry in entries.items():
-        problem = verify_entry(entry)
-        if problem:
-            raise SystemExit(f"cache entry {entry} of {name} is unusable: {problem}")
+    model, data = fetch(MODEL), fetch(DATA)  # verified against their manifests (sha256) by fetch
     if args.out.exists():
         shutil.rmtree(args.out)
     a, b = args.out / "a", args.out / "b"
     download_wheels(list(args.wheel or WHEELS), a / "whl", args.python_version)
-
-    ggufs = sorted(entries[MODEL].glob("*.gguf"))
-    if len(ggufs) != 1:
-        raise SystemExit(f"expected one .gguf in {entries[MODEL]}, found {len(ggufs)}")
-    data_files = [p for p in entries[DATA].iterdir() if p.is_file()]
-    # Balance the halves: each call carries the repository too, so even the two payloads out.
-    wheels = tree_size(a / "whl")
-    rest = sum(p.stat().st_size for p in data_files) + (entries[MODEL] / MANIFEST).stat().st_size
-    gguf_size = ggufs[0].stat().st_size
-    first = max(1, min(gguf_size - 1, (gguf_size + rest - wheels) // 2))
-    b.mkdir(parents=True)
-    split_file(ggufs[0], a / "gguf.part1", b / "gguf.part2", first)
-    (b / MODEL).mkdir()
-    shutil.copy2(entries[MODEL] / MANIFEST, b / MODEL / MANIFEST)
-    (b / DATA).mkdir()
-    for path in data_files:
-        shutil.copy2(path, b / DATA / path.name)
-    (b / "gguf.name").write_text(ggufs[0].name + "\n", encoding="utf-8")
-
+    pack_assets(model, data, a, b)
     for part in (a, b):
         size = tree_size(part)
         print(f"{part}: {size / 2**20:.1f} MiB" + ("  (over one call's 64 MiB with the repository!)" if size > LIMIT - 4 * 2**20 else ""))

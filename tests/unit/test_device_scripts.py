@@ -13,7 +13,7 @@ import pytest
 from llmrec.assets import MANIFEST, file_checks
 from llmrec.io import write_json
 from scripts import device_run
-from scripts.device_pack import split_file
+from scripts.device_pack import pack_assets
 
 
 def _entry(root: Path, files: dict[str, bytes]) -> Path:
@@ -25,25 +25,21 @@ def _entry(root: Path, files: dict[str, bytes]) -> Path:
 
 
 def _pack(tmp_path: Path) -> tuple[Path, Path, bytes]:
-    """A cache like the real one, packed as device_pack.py packs it: (pack b, work with part 1, GGUF bytes)."""
+    """A cache like the real one, packed by device_pack.py: (pack b, work holding part 1, GGUF bytes)."""
     gguf = bytes(range(256)) * 40 + b"tail"
     model = _entry(tmp_path / "cache" / device_run.MODEL, {"m.gguf": gguf})
     data = _entry(tmp_path / "cache" / device_run.DATA, {"ml-100k.inter": b"user_id:token\titem_id:token\n1\t2\n"})
-    pack, work = tmp_path / "pack", tmp_path / "work"
-    (pack / device_run.MODEL).mkdir(parents=True)
-    work.mkdir()
-    split_file(model / "m.gguf", work / "gguf.part1", pack / "gguf.part2", 4000)
-    (pack / device_run.MODEL / MANIFEST).write_bytes((model / MANIFEST).read_bytes())
-    (pack / device_run.DATA).mkdir()
-    for path in data.iterdir():
-        (pack / device_run.DATA / path.name).write_bytes(path.read_bytes())
-    (pack / "gguf.name").write_text("m.gguf\n")
-    return pack, work, gguf
+    a, b = tmp_path / "pack" / "a", tmp_path / "pack" / "b"
+    (a / "whl").mkdir(parents=True)
+    (a / "whl" / "x.whl").write_bytes(b"w" * 1000)  # the wheels travel in call 1, so part 1 is the shorter
+    pack_assets(model, data, a, b)
+    return b, a, gguf
 
 
 def test_the_two_parts_join_to_the_verified_gguf(tmp_path: Path) -> None:
     pack, work, gguf = _pack(tmp_path)
-    assert (work / "gguf.part1").stat().st_size == 4000
+    part1, part2 = (work / "gguf.part1").stat().st_size, (pack / "gguf.part2").stat().st_size
+    assert part1 + part2 == len(gguf) and part1 < part2  # evened out with the wheels beside part 1
     device_run.assemble_cache(pack, work, tmp_path / "device-cache")
     assert (tmp_path / "device-cache" / device_run.MODEL / "m.gguf").read_bytes() == gguf
     assert (tmp_path / "device-cache" / device_run.DATA / "ml-100k.inter").is_file()
