@@ -101,14 +101,17 @@ class BenchmarkConfig:
             raise ConfigError("eval.split must be valid or test and eval.ks positive")
 
 
-def select_entries(config: BenchmarkConfig, labels: Sequence[str]) -> BenchmarkConfig:
+def select_entries(config: BenchmarkConfig, labels: str | Sequence[str]) -> BenchmarkConfig:
     """``config`` with only the ``models`` and ``tags`` entries whose label is in ``labels``.
 
     Re-running some rows (another seed, a changed recipe) without the rest of the table.
+    ``labels`` is a list or the ``--only`` text of both benchmark entry points ("pop, sasrec").
 
     Raises:
         ConfigError: a label that names no entry, or no ranking model left (the report needs one).
     """
+    if isinstance(labels, str):
+        labels = [label.strip() for label in labels.split(",") if label.strip()]
     known = [m.label or m.name for m in [*config.models, *config.tags]]
     unknown = sorted(set(labels) - set(known))
     if unknown:

@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     overrides = list(args.overrides) + ([f"seeds=[{args.seeds}]"] if args.seeds else [])
     config = load_config(args.config, overrides, schema=BenchmarkConfig)
     if args.only is not None:
-        config = select_entries(config, [label.strip() for label in args.only.split(",") if label.strip()])
+        config = select_entries(config, args.only)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     command = " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv])
     report = run_benchmark(config, args.out, command=command)

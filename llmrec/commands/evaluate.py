@@ -56,7 +56,7 @@ def benchmark_command(
     try:
         cfg = load_config([config], [*(overrides or []), *extra], schema=BenchmarkConfig)
         if only is not None:
-            cfg = select_entries(cfg, [part.strip() for part in only.split(",") if part.strip()])
+            cfg = select_entries(cfg, only)
     except ConfigError as err:
         raise typer.BadParameter(str(err)) from None
     command = shlex.join(["llmrec", *sys.argv[1:]])

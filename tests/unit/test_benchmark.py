@@ -255,6 +255,8 @@ def test_select_entries_keeps_the_named_rows(tmp_path, data_dir):
     picked = select_entries(config, ["sasrec", "most_frequent"])
     assert [m.name for m in picked.models] == ["sasrec"] and [t.name for t in picked.tags] == ["most_frequent"]
     assert [m.name for m in config.models] == ["pop", "sasrec"]  # the loaded config is left alone
+    as_text = select_entries(config, " sasrec, most_frequent,")  # the --only text of both entry points
+    assert [m.name for m in as_text.models] == ["sasrec"] and [t.name for t in as_text.tags] == ["most_frequent"]
     with pytest.raises(ConfigError, match="at least one model"):
         select_entries(config, ["most_frequent"])  # the ranking table needs a model
     with pytest.raises(ConfigError, match="no entry labelled"):
