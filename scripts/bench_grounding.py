@@ -17,7 +17,7 @@ import platform
 
 import torch
 
-from llmrec.config import load_config
+from llmrec.config import RunConfig, load_config
 from llmrec.grounding.bench import bench_catalog, bench_constrained, memory_bandwidth_gbs, minilm_query_ms
 from llmrec.io import write_json
 
@@ -59,7 +59,7 @@ def main() -> None:
         report["catalogs"][str(size)] = bench_catalog(size, args.grounders, args.queries, args.seed, args.time_cap, print)
         write_json(args.out, report)
     if args.llm:
-        run_cfg = load_config([args.config], [f"model.name_or_path={args.model}"] if args.model else [])
+        run_cfg = load_config([args.config], [f"model.name_or_path={args.model}"] if args.model else [], schema=RunConfig)
         print(f"constrained top-{args.top_k} ({run_cfg.model.name_or_path}, {args.config}, {args.dataset_dir})")
         report["constrained"] = bench_constrained(args.dataset_dir, run_cfg.model, run_cfg.prompt, args.llm_batches,
                                                   args.llm_users, args.top_k, args.num_beams, print,

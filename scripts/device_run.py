@@ -9,8 +9,11 @@ Two back-to-back calls of the device tool (``/tmp`` there lasts only while the m
 
 Stage b writes into ``$OUT`` (what comes back): ``device_run.log`` (every command's output),
 ``env.json`` (versions, GPU) and, after each finished seed, ``<name>-seed<N>.tar.gz`` holding that
-seed's report directory (results.json/.md, ranks/). A seed is started only if the one before it
-would still fit in ``--budget-s``, so a run cut short keeps every finished seed. ``--rehearse``
+seed's report directory (results.json/.md, ranks/). With ``--rerank-set``, each seed's
+``--rerank-run`` is also ranked on both splits with those inference settings (attempt 21: the six
+ranking windows), into ``rerank-valid/`` and ``rerank-test/`` of the same report. A seed is started
+only if the one before it would still fit in ``--budget-s``, so a run cut short keeps every
+finished seed. ``--rehearse``
 does stage b here, on CPU, with this environment's packages (no wheels, no CUDA check).
 """
 
@@ -29,6 +32,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 WORK = Path("/tmp/llmrec-device")
 MODEL, DATA = "smollm2-135m-instruct", "ml-100k"
+ATTEMPT_21 = "catalog_head.history_views=[20,17,14,11,8,5]"  # BENCHMARKS.md, attempt 21
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
            "PYTHONUNBUFFERED": "1", "LLMREC_ASSET_SOURCES": "wheel"}
 
@@ -98,13 +102,33 @@ def run_seeds(args: argparse.Namespace, env: dict[str, str], out: Path, log: Pat
         t0 = time.monotonic()
         with log.open("a", encoding="utf-8") as handle:
             done = subprocess.run(cmd, cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT)
-        last = time.monotonic() - t0
         if done.returncode != 0:
-            log_line(log, f"seed {seed} failed (rc {done.returncode}) after {last:.0f} s")
+            log_line(log, f"seed {seed} failed (rc {done.returncode}) after {time.monotonic() - t0:.0f} s")
             raise SystemExit(done.returncode)
+        if args.rerank_set:
+            rerank(args, seed, report, env, log)
+        last = time.monotonic() - t0
         with tarfile.open(out / f"{args.name}-seed{seed}.tar.gz", "w:gz") as tar:
             tar.add(report, arcname=report.name)
         log_line(log, f"seed {seed} done in {last:.0f} s")
+
+
+def rerank(args: argparse.Namespace, seed: int, report: Path, env: dict[str, str], log: Path) -> None:
+    """Rank ``<rerank_run>-seed<N>`` on valid and test with ``--rerank-set`` into ``report/rerank-<split>``.
+
+    A failure is logged, not raised: the seed's benchmark report still goes back.
+    """
+    run = REPO / f"{args.rerank_run}-seed{seed}"
+    for split in ("valid", "test"):
+        cmd = [sys.executable, "scripts/evaluate_run.py", "--run", str(run), "--split", split,
+               "--out", str(report / f"rerank-{split}")]
+        for setting in args.rerank_set:
+            cmd += ["--set", setting]
+        log_line(log, f"== seed {seed} rerank: python {' '.join(cmd[1:])}")
+        with log.open("a", encoding="utf-8") as handle:
+            done = subprocess.run(cmd, cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT)
+        if done.returncode != 0:
+            log_line(log, f"seed {seed} rerank on {split} failed (rc {done.returncode})")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -118,9 +142,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", default="0,1,2,3,4", help="seeds, one benchmark command each, in this order")
     parser.add_argument("--name", default="ml100k-llm-gpu", help="report name: reports/<name>-seed<N>")
     parser.add_argument("--budget-s", type=float, default=540.0, help="start no seed that would end past this (s)")
+    parser.add_argument("--rerank-run", default="runs/ml100k-smollm2-catalog-masked-gpu",
+                        help="run directory (without -seed<N>) ranked again after each seed")
+    parser.add_argument("--rerank-set", action="append", default=None,
+                        help="inference setting of the re-ranking, key.sub=value, repeatable (default: attempt 21's "
+                             f"{ATTEMPT_21}; pass --no-rerank to skip)")
+    parser.add_argument("--no-rerank", action="store_true", help="no re-ranking after the seeds")
     parser.add_argument("--rehearse", action="store_true", help="stage b here: this environment, CPU allowed")
     parser.add_argument("overrides", nargs="*", help="key.sub=value overrides passed to llmrec benchmark")
     args = parser.parse_args(argv)
+    args.rerank_set = [] if args.no_rerank else (args.rerank_set or [ATTEMPT_21])
     pack = args.pack or REPO / ".device" / args.stage
     if args.stage == "a":
         stage_a(pack, args.work)

@@ -14,7 +14,7 @@ import argparse
 import shlex
 import sys
 
-from llmrec.config import load_config
+from llmrec.config import RunConfig, load_config
 from llmrec.training.loop import train
 
 
@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
     parser.add_argument("overrides", nargs="*", help="key.sub=value overrides")
     args = parser.parse_args(argv)
-    run_cfg = load_config(args.config, args.overrides)
+    run_cfg = load_config(args.config, args.overrides, schema=RunConfig)
     command = " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv])
     result = train(run_cfg, command=command, resume=args.resume)
     print(f"run directory: {result.run_dir}  steps: {result.global_step}  final loss: {result.final_loss:.4f}")

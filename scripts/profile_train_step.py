@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from llmrec.config import load_config
+from llmrec.config import RunConfig, load_config
 from llmrec.modeling.build import build_model
 from llmrec.training.loss import adapters_follow_autocast, causal_lm_loss_on_labels
 from llmrec.training.speed import configure_threads
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> float:
     parser.add_argument("--compile", action="store_true", help="torch.compile the model first")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(args.config, args.overrides, schema=RunConfig)
     configure_threads(args.threads)
     model, _ = build_model(cfg.model, cfg.lora)
     model.train()

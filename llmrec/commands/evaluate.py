@@ -99,8 +99,7 @@ def evaluate_command(
     """Evaluate one model (a registry baseline trained here, or a run directory) with full ranking."""
     from llmrec.config import ConfigError, load_params
     from llmrec.data.dataset import PreparedDataset
-    from llmrec.evaluation.evaluate import evaluate, write_metrics, write_ranks
-    from llmrec.io import atomic_dir
+    from llmrec.evaluation.evaluate import evaluate_to_dir
     from llmrec.training.ranking_eval import sample_cases
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -127,13 +126,11 @@ def evaluate_command(
     dataset = PreparedDataset.load(dataset_dir)
     scorer = _load_model(dataset, model, run, model_params, seed, scoring, settings)
     cases = sample_cases(dataset.eval_cases(split), users, seed)
-    result = evaluate(scorer, cases, len(dataset.catalog), batch_size=batch_size, sampled_negatives=sampled_negatives, seed=seed)
     extra = {"dataset_dir": str(dataset_dir), "split": split, "model": model or str(run), "seed": seed,
              "users": len(cases), "scoring": scoring, "settings": settings,
              "command": shlex.join(["llmrec", *sys.argv[1:]])}
-    with atomic_dir(out, overwrite=True) as tmp:
-        write_metrics(result, tmp / "metrics.json", extra)
-        write_ranks(result, tmp / "ranks.parquet")
+    result = evaluate_to_dir(scorer, cases, len(dataset.catalog), out, extra, batch_size=batch_size,
+                             sampled_negatives=sampled_negatives, seed=seed)
     for key, value in result.metrics.items():
         typer.echo(f"{key:>16} {value:.4f}")
     typer.echo(f"written to {out}")

@@ -33,7 +33,7 @@ from llmrec.data.schema import EvalCase
 from llmrec.evaluation.distributed import gather_rows, shard_bounds
 from llmrec.evaluation.metrics import coverage_at_k, ranking_metrics
 from llmrec.evaluation.protocol import CatalogScorer, TopKRanker
-from llmrec.io import atomic_file, write_json
+from llmrec.io import atomic_dir, atomic_file, write_json
 
 DEFAULT_KS = (1, 5, 10, 20)
 # Per-query counters of a top-K ranker's malformed output (summed into EvalResult.warnings).
@@ -349,3 +349,18 @@ def write_metrics(result: EvalResult, path: str | Path, extra: dict[str, Any] | 
     payload.update(extra or {})
     write_json(path, payload)
     return Path(path)
+
+
+def evaluate_to_dir(scorer: Any, cases: Sequence[EvalCase], num_items: int, out: str | Path,
+                    extra: dict[str, Any] | None = None, **options: Any) -> EvalResult:
+    """:func:`evaluate`, then ``out/metrics.json`` (with ``extra``) and ``out/ranks.parquet``.
+
+    ``out`` appears whole or not at all (written beside it, then renamed), and replaces an earlier
+    ``out``; ``options`` go to :func:`evaluate` (``batch_size``, ``sampled_negatives``, ``seed``, ...).
+    What ``llmrec evaluate`` and ``scripts/evaluate_run.py`` write.
+    """
+    result = evaluate(scorer, cases, num_items, **options)
+    with atomic_dir(out, overwrite=True) as tmp:
+        write_metrics(result, tmp / "metrics.json", extra)
+        write_ranks(result, tmp / "ranks.parquet")
+    return result

@@ -1,5 +1,6 @@
 """scripts/device_pack.py and scripts/device_run.py: the split GGUF joins to the verified file, a
-corrupted part is refused, and a seed that would overrun the budget is not started (no GPU needed)."""
+corrupted part is refused, a seed that would overrun the budget is not started, and each seed's run
+is re-ranked on both splits into its report (no GPU needed)."""
 
 from __future__ import annotations
 
@@ -69,7 +70,8 @@ def test_a_seed_that_would_overrun_the_budget_is_not_started(tmp_path: Path, mon
     monkeypatch.setattr(device_run, "REPO", tmp_path)
     monkeypatch.setattr(device_run.subprocess, "run", fake_run)
     monkeypatch.setattr(device_run.time, "monotonic", lambda: clock[0])
-    args = argparse.Namespace(seeds="0,1,2", budget_s=250.0, name="gpu", config="c.yaml", only="pop,sasrec", overrides=["eval.max_users=5"])
+    args = argparse.Namespace(seeds="0,1,2", budget_s=250.0, name="gpu", config="c.yaml", only="pop,sasrec", overrides=["eval.max_users=5"],
+                              rerank_set=[])
     out = tmp_path / "out"
     out.mkdir()
     device_run.run_seeds(args, {}, out, out / "device_run.log")
@@ -80,3 +82,30 @@ def test_a_seed_that_would_overrun_the_budget_is_not_started(tmp_path: Path, mon
     with tarfile.open(out / "gpu-seed1.tar.gz") as tar:
         assert "gpu-seed1/results.json" in tar.getnames()
     assert "seed 2 not started" in (out / "device_run.log").read_text()
+
+
+def test_each_seed_is_reranked_on_both_splits_into_its_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[list[str]] = []
+
+    def fake_run(cmd: list[str], cwd: Path, **_: object) -> subprocess.CompletedProcess[str]:
+        calls.append(cmd)
+        target = Path(cmd[cmd.index("--out") + 1])
+        target.mkdir(parents=True)
+        (target / ("metrics.json" if "evaluate_run.py" in cmd[1] else "results.json")).write_text("{}")
+        return subprocess.CompletedProcess(cmd, 1 if "test" in cmd and "evaluate_run.py" in cmd[1] else 0)
+
+    monkeypatch.setattr(device_run, "REPO", tmp_path)
+    monkeypatch.setattr(device_run.subprocess, "run", fake_run)
+    args = argparse.Namespace(seeds="3", budget_s=1e9, name="gpu", config="c.yaml", only="", overrides=[],
+                              rerank_run="runs/llm", rerank_set=[device_run.ATTEMPT_21])
+    out = tmp_path / "out"
+    out.mkdir()
+    device_run.run_seeds(args, {}, out, out / "device_run.log")
+
+    reranks = [c for c in calls if c[1] == "scripts/evaluate_run.py"]
+    assert [c[c.index("--split") + 1] for c in reranks] == ["valid", "test"]
+    assert all(c[c.index("--run") + 1] == str(tmp_path / "runs/llm-seed3") for c in reranks)
+    assert all(c[c.index("--set") + 1] == "catalog_head.history_views=[20,17,14,11,8,5]" for c in reranks)
+    with tarfile.open(out / "gpu-seed3.tar.gz") as tar:  # a failed re-ranking loses nothing else
+        assert {"gpu-seed3/results.json", "gpu-seed3/rerank-valid/metrics.json"} <= set(tar.getnames())
+    assert "rerank on test failed" in (out / "device_run.log").read_text()

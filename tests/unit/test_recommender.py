@@ -276,3 +276,27 @@ def test_cli_evaluate_a_user_subset_with_either_scoring(decoder_run: Path, tmp_p
     registry = runner.invoke(app, ["evaluate", "--model", "pop", "--dataset-dir", data_dir, "--scoring", "beam",
                                    "--out", str(tmp_path / "y")])
     assert registry.exit_code == 2 and "--run" in registry.output
+
+
+def test_evaluate_run_script_writes_what_the_cli_writes(decoder_run: Path, tmp_path: Path):
+    """scripts/evaluate_run.py (no typer, for the GPU machine) ranks as ``llmrec evaluate --run`` does."""
+    import pandas as pd
+
+    from llmrec.commands import evaluate as evaluate_cmd
+    from scripts import evaluate_run
+
+    app = typer.Typer()
+    evaluate_cmd.register(app)
+    data_dir = str(decoder_run.parent / "data")
+    common = ["--run", str(decoder_run), "--dataset-dir", data_dir, "--split", "valid", "--users", "3", "--seed", "1",
+              "--set", "prompt.max_history_items=2"]
+    done = CliRunner().invoke(app, ["evaluate", *common, "--out", str(tmp_path / "cli")])
+    assert done.exit_code == 0, done.output
+    evaluate_run.main([*common, "--out", str(tmp_path / "script")])
+    cli, script = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("cli", "script"))
+    assert script["metrics"] == cli["metrics"] and script["settings"] == ["prompt.max_history_items=2"]
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "script" / "ranks.parquet"),
+                                  pd.read_parquet(tmp_path / "cli" / "ranks.parquet"))
+    with pytest.raises(SystemExit) as refused:  # a training setting is no inference setting: nothing written
+        evaluate_run.main([*common[:-1], "lora.r=4", "--out", str(tmp_path / "bad")])
+    assert refused.value.code == 2 and not (tmp_path / "bad").exists()
