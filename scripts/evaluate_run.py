@@ -28,7 +28,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, required=True, help="a fine-tuned run directory")
     parser.add_argument("--out", "-o", type=Path, required=True, help="directory for metrics.json and ranks.parquet")
-    parser.add_argument("--dataset-dir", type=Path, default=Path("data/ml-100k"), help="prepared dataset directory")
+    parser.add_argument("--dataset-dir", type=Path, default=None,
+                        help="prepared dataset directory (default: the run's own, already loaded with it)")
     parser.add_argument("--split", choices=("valid", "test"), default="test")
     parser.add_argument("--set", dest="settings", action="append", default=[],
                         help="an inference setting of the run, key.sub=value; repeatable")
@@ -40,13 +41,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.users is not None and args.users <= 0:
         parser.error(f"--users must be positive, got {args.users}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    dataset = PreparedDataset.load(args.dataset_dir)
     try:
         scorer = Recommender.load(args.run, scoring=args.scoring, overrides=args.settings)
     except ConfigError as err:
         parser.error(str(err))
+    dataset = scorer.dataset if args.dataset_dir is None else PreparedDataset.load(args.dataset_dir)
     cases = sample_cases(dataset.eval_cases(args.split), args.users, args.seed)
-    extra = {"dataset_dir": str(args.dataset_dir), "split": args.split, "model": str(args.run), "seed": args.seed,
+    extra = {"dataset_dir": str(dataset.root), "split": args.split, "model": str(args.run), "seed": args.seed,
              "users": len(cases), "scoring": args.scoring, "settings": args.settings,
              "command": shlex.join([sys.executable, *sys.argv])}
     result = evaluate_to_dir(scorer, cases, len(dataset.catalog), args.out, extra, batch_size=args.batch_size, seed=args.seed)

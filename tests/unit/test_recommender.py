@@ -295,6 +295,8 @@ def test_evaluate_run_script_writes_what_the_cli_writes(decoder_run: Path, tmp_p
     evaluate_run.main([*common, "--out", str(tmp_path / "script")])
     cli, script = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("cli", "script"))
     assert script["metrics"] == cli["metrics"] and script["settings"] == ["prompt.max_history_items=2"]
+    evaluate_run.main([*common[:2], *common[4:], "--out", str(tmp_path / "own")])  # no --dataset-dir: the run's own
+    assert json.loads((tmp_path / "own" / "metrics.json").read_text())["metrics"] == cli["metrics"]
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "script" / "ranks.parquet"),
                                   pd.read_parquet(tmp_path / "cli" / "ranks.parquet"))
     with pytest.raises(SystemExit) as refused:  # a training setting is no inference setting: nothing written
