@@ -19,7 +19,7 @@ from pathlib import Path
 
 from llmrec.config import ConfigError
 from llmrec.data.dataset import PreparedDataset
-from llmrec.evaluation.evaluate import evaluate_to_dir
+from llmrec.evaluation.evaluate import evaluate_to_dir, evaluation_record
 from llmrec.recommender import SCORINGS, Recommender
 from llmrec.training.ranking_eval import sample_cases
 
@@ -47,9 +47,9 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(str(err))
     dataset = scorer.dataset if args.dataset_dir is None else PreparedDataset.load(args.dataset_dir)
     cases = sample_cases(dataset.eval_cases(args.split), args.users, args.seed)
-    extra = {"dataset_dir": str(dataset.root), "split": args.split, "model": str(args.run), "seed": args.seed,
-             "users": len(cases), "scoring": args.scoring, "settings": args.settings,
-             "command": shlex.join([sys.executable, *sys.argv])}
+    extra = evaluation_record(dataset_dir=dataset.root, split=args.split, model=str(args.run), seed=args.seed,
+                              users=len(cases), scoring=args.scoring, settings=args.settings,
+                              command=shlex.join([sys.executable, *sys.argv]))
     result = evaluate_to_dir(scorer, cases, len(dataset.catalog), args.out, extra, batch_size=args.batch_size, seed=args.seed)
     for key, value in result.metrics.items():
         print(f"{key:>16} {value:.4f}")

@@ -83,7 +83,8 @@ def merge_reports_command(
 
 
 def evaluate_command(
-    dataset_dir: Path = typer.Option(Path("data/ml-100k"), "--dataset-dir", help="prepared dataset directory"),
+    dataset_dir: Path | None = typer.Option(None, "--dataset-dir",
+                                            help="prepared dataset directory (default: a run's own; data/ml-100k for --model)"),
     out: Path = typer.Option(..., "--out", "-o", help="directory for metrics.json and ranks.parquet"),
     model: str | None = typer.Option(None, "--model", "-m", help="registry model to train and evaluate (pop | gru4rec | sasrec ...)"),
     run: Path | None = typer.Option(None, "--run", help="a fine-tuned run directory (loaded with Recommender.load)"),
@@ -99,7 +100,7 @@ def evaluate_command(
     """Evaluate one model (a registry baseline trained here, or a run directory) with full ranking."""
     from llmrec.config import ConfigError, load_params
     from llmrec.data.dataset import PreparedDataset
-    from llmrec.evaluation.evaluate import evaluate_to_dir
+    from llmrec.evaluation.evaluate import evaluate_to_dir, evaluation_record
     from llmrec.training.ranking_eval import sample_cases
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -123,12 +124,17 @@ def evaluate_command(
         model_params = load_params(params) if params else {}
     except ConfigError as err:
         raise typer.BadParameter(f"--params: {err}") from None
-    dataset = PreparedDataset.load(dataset_dir)
-    scorer = _load_model(dataset, model, run, model_params, seed, scoring, settings)
+    if run is not None:
+        scorer = _load_run(run, scoring, settings)
+        dataset = scorer.dataset if dataset_dir is None else PreparedDataset.load(dataset_dir)
+    else:
+        assert model is not None
+        dataset = PreparedDataset.load(dataset_dir or Path("data/ml-100k"))
+        scorer = _build_model(dataset, model, model_params, seed)
     cases = sample_cases(dataset.eval_cases(split), users, seed)
-    extra = {"dataset_dir": str(dataset_dir), "split": split, "model": model or str(run), "seed": seed,
-             "users": len(cases), "scoring": scoring, "settings": settings,
-             "command": shlex.join(["llmrec", *sys.argv[1:]])}
+    extra = evaluation_record(dataset_dir=dataset.root, split=split, model=model or str(run), seed=seed,
+                              users=len(cases), scoring=scoring, settings=settings,
+                              command=shlex.join(["llmrec", *sys.argv[1:]]))
     result = evaluate_to_dir(scorer, cases, len(dataset.catalog), out, extra, batch_size=batch_size,
                              sampled_negatives=sampled_negatives, seed=seed)
     for key, value in result.metrics.items():
@@ -136,21 +142,21 @@ def evaluate_command(
     typer.echo(f"written to {out}")
 
 
-def _load_model(dataset: Any, model: str | None, run: Path | None, params: dict[str, Any], seed: int, scoring: str,
-                settings: list[str]) -> Any:
-    if model is not None:
-        from llmrec.benchmark import get_builder
+def _build_model(dataset: Any, model: str, params: dict[str, Any], seed: int) -> Any:
+    from llmrec.benchmark import get_builder
 
-        try:
-            builder = get_builder(model)
-        except KeyError as err:
-            raise typer.BadParameter(str(err)) from None
-        return builder(dataset, params, seed)
+    try:
+        builder = get_builder(model)
+    except KeyError as err:
+        raise typer.BadParameter(str(err)) from None
+    return builder(dataset, params, seed)
+
+
+def _load_run(run: Path, scoring: str, settings: list[str]) -> Any:
     try:
         from llmrec.recommender import Recommender  # type: ignore[import-not-found,unused-ignore]
     except ModuleNotFoundError:
         raise typer.BadParameter("--run needs llmrec.recommender, which this installation lacks") from None
-    assert run is not None
     from llmrec.config import ConfigError
 
     try:

@@ -351,6 +351,15 @@ def write_metrics(result: EvalResult, path: str | Path, extra: dict[str, Any] | 
     return Path(path)
 
 
+def evaluation_record(*, dataset_dir: str | Path, split: str, model: str, seed: int, users: int, scoring: str,
+                      settings: Sequence[str], command: str) -> dict[str, Any]:
+    """The fields ``llmrec evaluate`` and ``scripts/evaluate_run.py`` add to ``metrics.json``: what
+    was ranked (model or run directory, with its inference settings), on which prepared data and
+    split, how many users, and the command that did it."""
+    return {"dataset_dir": str(dataset_dir), "split": split, "model": model, "seed": seed, "users": users,
+            "scoring": scoring, "settings": list(settings), "command": command}
+
+
 def evaluate_to_dir(scorer: Any, cases: Sequence[EvalCase], num_items: int, out: str | Path,
                     extra: dict[str, Any] | None = None, **options: Any) -> EvalResult:
     """:func:`evaluate`, then ``out/metrics.json`` (with ``extra``) and ``out/ranks.parquet``.

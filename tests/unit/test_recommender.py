@@ -296,7 +296,13 @@ def test_evaluate_run_script_writes_what_the_cli_writes(decoder_run: Path, tmp_p
     cli, script = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("cli", "script"))
     assert script["metrics"] == cli["metrics"] and script["settings"] == ["prompt.max_history_items=2"]
     evaluate_run.main([*common[:2], *common[4:], "--out", str(tmp_path / "own")])  # no --dataset-dir: the run's own
-    assert json.loads((tmp_path / "own" / "metrics.json").read_text())["metrics"] == cli["metrics"]
+    own = json.loads((tmp_path / "own" / "metrics.json").read_text())
+    assert own["metrics"] == cli["metrics"]
+    cli_own = CliRunner().invoke(app, ["evaluate", *common[:2], *common[4:], "--out", str(tmp_path / "cli-own")])
+    assert cli_own.exit_code == 0, cli_own.output  # the CLI too ranks on the run's own data without --dataset-dir
+    recorded = json.loads((tmp_path / "cli-own" / "metrics.json").read_text())
+    assert recorded["metrics"] == cli["metrics"] and recorded["dataset_dir"] == own["dataset_dir"]
+    assert {k: v for k, v in recorded.items() if k != "command"} == {k: v for k, v in own.items() if k != "command"}
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "script" / "ranks.parquet"),
                                   pd.read_parquet(tmp_path / "cli" / "ranks.parquet"))
     with pytest.raises(SystemExit) as refused:  # a training setting is no inference setting: nothing written
