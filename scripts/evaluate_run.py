@@ -19,9 +19,8 @@ from pathlib import Path
 
 from llmrec.config import ConfigError
 from llmrec.data.dataset import PreparedDataset
-from llmrec.evaluation.evaluate import evaluate_to_dir, evaluation_record
+from llmrec.evaluation.evaluate import evaluate_split_to_dir
 from llmrec.recommender import SCORINGS, Recommender
-from llmrec.training.ranking_eval import sample_cases
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -46,11 +45,9 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as err:
         parser.error(str(err))
     dataset = scorer.dataset if args.dataset_dir is None else PreparedDataset.load(args.dataset_dir)
-    cases = sample_cases(dataset.eval_cases(args.split), args.users, args.seed)
-    extra = evaluation_record(dataset_dir=dataset.root, split=args.split, model=str(args.run), seed=args.seed,
-                              users=len(cases), scoring=args.scoring, settings=args.settings,
-                              command=shlex.join([sys.executable, *sys.argv]))
-    result = evaluate_to_dir(scorer, cases, len(dataset.catalog), args.out, extra, batch_size=args.batch_size, seed=args.seed)
+    result = evaluate_split_to_dir(scorer, dataset, args.split, args.out, users=args.users, seed=args.seed,
+                                   model=str(args.run), scoring=args.scoring, settings=args.settings,
+                                   command=shlex.join([sys.executable, *sys.argv]), batch_size=args.batch_size)
     for key, value in result.metrics.items():
         print(f"{key:>16} {value:.4f}")
     print(f"written to {args.out}")

@@ -100,8 +100,7 @@ def evaluate_command(
     """Evaluate one model (a registry baseline trained here, or a run directory) with full ranking."""
     from llmrec.config import ConfigError, load_params
     from llmrec.data.dataset import PreparedDataset
-    from llmrec.evaluation.evaluate import evaluate_to_dir, evaluation_record
-    from llmrec.training.ranking_eval import sample_cases
+    from llmrec.evaluation.evaluate import evaluate_split_to_dir
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if (model is None) == (run is None):
@@ -131,12 +130,9 @@ def evaluate_command(
         assert model is not None
         dataset = PreparedDataset.load(dataset_dir or Path("data/ml-100k"))
         scorer = _build_model(dataset, model, model_params, seed)
-    cases = sample_cases(dataset.eval_cases(split), users, seed)
-    extra = evaluation_record(dataset_dir=dataset.root, split=split, model=model or str(run), seed=seed,
-                              users=len(cases), scoring=scoring, settings=settings,
-                              command=shlex.join(["llmrec", *sys.argv[1:]]))
-    result = evaluate_to_dir(scorer, cases, len(dataset.catalog), out, extra, batch_size=batch_size,
-                             sampled_negatives=sampled_negatives, seed=seed)
+    result = evaluate_split_to_dir(scorer, dataset, split, out, users=users, seed=seed, model=model or str(run),
+                                   scoring=scoring, settings=settings, command=shlex.join(["llmrec", *sys.argv[1:]]),
+                                   batch_size=batch_size, sampled_negatives=sampled_negatives)
     for key, value in result.metrics.items():
         typer.echo(f"{key:>16} {value:.4f}")
     typer.echo(f"written to {out}")

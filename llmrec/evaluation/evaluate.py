@@ -351,15 +351,6 @@ def write_metrics(result: EvalResult, path: str | Path, extra: dict[str, Any] | 
     return Path(path)
 
 
-def evaluation_record(*, dataset_dir: str | Path, split: str, model: str, seed: int, users: int, scoring: str,
-                      settings: Sequence[str], command: str) -> dict[str, Any]:
-    """The fields ``llmrec evaluate`` and ``scripts/evaluate_run.py`` add to ``metrics.json``: what
-    was ranked (model or run directory, with its inference settings), on which prepared data and
-    split, how many users, and the command that did it."""
-    return {"dataset_dir": str(dataset_dir), "split": split, "model": model, "seed": seed, "users": users,
-            "scoring": scoring, "settings": list(settings), "command": command}
-
-
 def evaluate_to_dir(scorer: Any, cases: Sequence[EvalCase], num_items: int, out: str | Path,
                     extra: dict[str, Any] | None = None, **options: Any) -> EvalResult:
     """:func:`evaluate`, then ``out/metrics.json`` (with ``extra``) and ``out/ranks.parquet``.
@@ -373,3 +364,18 @@ def evaluate_to_dir(scorer: Any, cases: Sequence[EvalCase], num_items: int, out:
         write_metrics(result, tmp / "metrics.json", extra)
         write_ranks(result, tmp / "ranks.parquet")
     return result
+
+
+def evaluate_split_to_dir(scorer: Any, dataset: Any, split: str, out: str | Path, *, users: int | None, seed: int,
+                          model: str, scoring: str, settings: Sequence[str], command: str,
+                          **options: Any) -> EvalResult:
+    """Rank ``dataset``'s ``split`` cases (a seeded subset of ``users`` of them, or all) into ``out``
+    with :func:`evaluate_to_dir`, recording in ``metrics.json`` what was ranked (model or run
+    directory, with its inference settings), on which prepared data and split, and the command.
+    What ``llmrec evaluate`` and ``scripts/evaluate_run.py`` both do once the scorer is loaded."""
+    from llmrec.training.ranking_eval import sample_cases
+
+    cases = sample_cases(dataset.eval_cases(split), users, seed)
+    extra = {"dataset_dir": str(dataset.root), "split": split, "model": model, "seed": seed, "users": len(cases),
+             "scoring": scoring, "settings": list(settings), "command": command}
+    return evaluate_to_dir(scorer, cases, len(dataset.catalog), out, extra, seed=seed, **options)
