@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -34,6 +34,9 @@ from llmrec.evaluation.distributed import gather_rows, shard_bounds
 from llmrec.evaluation.metrics import coverage_at_k, ranking_metrics
 from llmrec.evaluation.protocol import CatalogScorer, TopKRanker
 from llmrec.io import atomic_dir, atomic_file, write_json
+
+if TYPE_CHECKING:
+    from llmrec.data.dataset import PreparedDataset
 
 DEFAULT_KS = (1, 5, 10, 20)
 # Per-query counters of a top-K ranker's malformed output (summed into EvalResult.warnings).
@@ -366,7 +369,7 @@ def evaluate_to_dir(scorer: Any, cases: Sequence[EvalCase], num_items: int, out:
     return result
 
 
-def evaluate_split_to_dir(scorer: Any, dataset: Any, split: str, out: str | Path, *, users: int | None, seed: int,
+def evaluate_split_to_dir(scorer: Any, dataset: PreparedDataset, split: str, out: str | Path, *, users: int | None, seed: int,
                           model: str, scoring: str, settings: Sequence[str], command: str,
                           **options: Any) -> EvalResult:
     """Rank ``dataset``'s ``split`` cases (a seeded subset of ``users`` of them, or all) into ``out``
